@@ -1,0 +1,6 @@
+"""SSD networks as Flax NNX modules."""
+
+from ssd_jax.models.ssd import SSD, ssd300, ssd512
+from ssd_jax.models.vgg import VGG16, ConvBlock, L2Norm
+
+__all__ = ["SSD", "VGG16", "ConvBlock", "L2Norm", "ssd300", "ssd512"]

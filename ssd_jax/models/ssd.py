@@ -1,0 +1,164 @@
+"""SSD300 and SSD512 (Liu et al. 2016) as Flax NNX modules.
+
+The network maps a normalized (B, S, S, 3) image to per-default-box predictions:
+``loc`` (B, A, 4) offsets (see :mod:`ssd_jax.box_coding`) and ``conf`` (B, A, C + 1)
+class logits with background at index 0, both float32, in the default-box order of
+:func:`ssd_jax.default_boxes.generate` (map, row y, column x, slot).
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ssd_jax.default_boxes import preset
+from ssd_jax.models.vgg import VGG16, ConvBlock, scale_channels
+
+# Extra feature layers after conv7, one pair (1x1 reduction, then k x k) per source:
+# (name, reduced channels, out channels, kernel, stride, padding of the second conv).
+EXTRA_LAYERS = {
+    "ssd300": (
+        ("conv8", 256, 512, 3, 2, 1),
+        ("conv9", 128, 256, 3, 2, 1),
+        ("conv10", 128, 256, 3, 1, 0),
+        ("conv11", 128, 256, 3, 1, 0),
+    ),
+    "ssd512": (
+        ("conv8", 256, 512, 3, 2, 1),
+        ("conv9", 128, 256, 3, 2, 1),
+        ("conv10", 128, 256, 3, 2, 1),
+        ("conv11", 128, 256, 3, 2, 1),
+        ("conv12", 128, 256, 4, 1, 1),
+    ),
+}
+IMAGE_SIZES = {"ssd300": 300, "ssd512": 512}
+
+
+class SSD(nnx.Module):
+    """SSD with a VGG16 trunk.
+
+    Args:
+      architecture: ``"ssd300"`` or ``"ssd512"``.
+      num_classes: C, the number of object classes (background excluded); the
+        confidence heads predict C + 1 logits.
+      boxes_per_location: default boxes per location of each source map; the
+        paper's (from the ``architecture`` default-box preset) when None.
+      batch_norm: BatchNorm after every conv of trunk and extra layers.
+      width: channel multiplier; 1.0 is the real model, smaller values (e.g. 1/8)
+        only make fast CPU tests and demos.
+      dtype: compute dtype (e.g. ``jnp.bfloat16``); outputs are float32 anyway.
+      param_dtype: parameter dtype.
+      rngs: initialization randomness.
+
+    Call ``model(images)`` with images (B, S, S, 3) float, already normalized, where
+    S is 300 or 512. Returns ``(loc, conf)``. BatchNorm uses batch statistics until
+    ``model.eval()`` (and again after ``model.train()``).
+    """
+
+    def __init__(
+        self,
+        architecture: str,
+        num_classes: int,
+        *,
+        boxes_per_location: Sequence[int] | None = None,
+        batch_norm: bool = False,
+        width: float = 1.0,
+        dtype: jnp.dtype = jnp.float32,
+        param_dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if architecture not in EXTRA_LAYERS:
+            raise ValueError(
+                f"unknown SSD architecture {architecture!r}; expected one of {sorted(EXTRA_LAYERS)}"
+            )
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1 (object classes), got {num_classes}")
+        if width <= 0:
+            raise ValueError(f"width must be positive, got {width}")
+        extras = EXTRA_LAYERS[architecture]
+        if boxes_per_location is None:
+            boxes_per_location = preset(architecture).boxes_per_location
+        if len(boxes_per_location) != 2 + len(extras):
+            raise ValueError(
+                f"{architecture} has {2 + len(extras)} source feature maps but "
+                f"boxes_per_location has {len(boxes_per_location)} entries"
+            )
+        self.architecture = architecture
+        self.image_size = IMAGE_SIZES[architecture]
+        self.num_classes = num_classes
+        self.boxes_per_location = tuple(boxes_per_location)
+
+        kwargs = dict(batch_norm=batch_norm, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.vgg = VGG16(width=width, **kwargs)
+        source_features = list(self.vgg.out_features)
+        in_features = source_features[-1]
+        self.extra_names = []
+        for name, reduced, out, kernel, stride, padding in extras:
+            reduced, out = scale_channels(reduced, width), scale_channels(out, width)
+            setattr(self, f"{name}_1", ConvBlock(in_features, reduced, 1, **kwargs))
+            second = ConvBlock(reduced, out, kernel, stride=stride, padding=padding, **kwargs)
+            setattr(self, f"{name}_2", second)
+            self.extra_names.append(name)
+            source_features.append(out)
+            in_features = out
+
+        def head(in_features: int, out_features: int) -> nnx.Conv:
+            return nnx.Conv(
+                in_features,
+                out_features,
+                (3, 3),
+                padding=((1, 1), (1, 1)),
+                kernel_init=nnx.initializers.xavier_uniform(),
+                bias_init=nnx.initializers.zeros,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                rngs=rngs,
+            )
+
+        sources = list(zip(source_features, self.boxes_per_location, strict=True))
+        self.loc_heads = nnx.List([head(f, a * 4) for f, a in sources])
+        self.conf_heads = nnx.List([head(f, a * (num_classes + 1)) for f, a in sources])
+        self.dtype = dtype
+
+    def _check_images(self, images: jax.Array) -> None:
+        expected = (self.image_size, self.image_size, 3)
+        if images.ndim != 4 or images.shape[3] != 3:
+            raise ValueError(
+                f"{self.architecture} expects images of shape (B, {self.image_size}, "
+                f"{self.image_size}, 3) (NHWC, 3 channels), got {images.shape}"
+            )
+        if tuple(images.shape[1:]) != expected:
+            raise ValueError(
+                f"{self.architecture} expects {self.image_size}x{self.image_size} images, got "
+                f"{images.shape[1]}x{images.shape[2]} (shape {images.shape}); resize first"
+            )
+
+    def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        self._check_images(images)
+        batch = images.shape[0]
+        conv4_3, x = self.vgg(images.astype(self.dtype))
+        sources = [conv4_3, x]
+        for name in self.extra_names:
+            x = getattr(self, f"{name}_2")(getattr(self, f"{name}_1")(x))
+            sources.append(x)
+
+        # NHWC head outputs flatten to (y, x, slot) order, that of the default boxes.
+        loc = [head(s).reshape(batch, -1, 4) for head, s in zip(self.loc_heads, sources)]
+        conf = [
+            head(s).reshape(batch, -1, self.num_classes + 1)
+            for head, s in zip(self.conf_heads, sources)
+        ]
+        loc = jnp.concatenate(loc, axis=1).astype(jnp.float32)
+        conf = jnp.concatenate(conf, axis=1).astype(jnp.float32)
+        return loc, conf
+
+
+def ssd300(num_classes: int, **kwargs) -> SSD:
+    """SSD300; keyword arguments as for :class:`SSD` (``rngs`` required)."""
+    return SSD("ssd300", num_classes, **kwargs)
+
+
+def ssd512(num_classes: int, **kwargs) -> SSD:
+    """SSD512; keyword arguments as for :class:`SSD` (``rngs`` required)."""
+    return SSD("ssd512", num_classes, **kwargs)
