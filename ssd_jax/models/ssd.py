@@ -123,6 +123,11 @@ class SSD(nnx.Module):
 
     def _check_images(self, images: jax.Array) -> None:
         expected = (self.image_size, self.image_size, 3)
+        if not jnp.issubdtype(images.dtype, jnp.floating):
+            raise ValueError(
+                f"{self.architecture} expects normalized floating-point images, got dtype "
+                f"{images.dtype}; normalize uint8 images before calling the model"
+            )
         if images.ndim != 4 or images.shape[3] != 3:
             raise ValueError(
                 f"{self.architecture} expects images of shape (B, {self.image_size}, "
