@@ -3,7 +3,8 @@
 For a box g and a default box d, both in cxcywh, the paper's offsets with
 variances ``(v_cx, v_cy, v_w, v_h)`` (default ``(0.1, 0.1, 0.2, 0.2)``) are::
 
-    ((g_cx - d_cx) / d_w / v_cx, (g_cy - d_cy) / d_h / v_cy, log(g_w / d_w) / v_w, log(g_h / d_h) / v_h)
+    ((g_cx - d_cx) / d_w / v_cx, (g_cy - d_cy) / d_h / v_cy,
+     log(g_w / d_w) / v_w,       log(g_h / d_h) / v_h)
 
 Boxes enter and leave in normalized ``xyxy``; default boxes are ``cxcywh``.
 Everything is float32 and broadcasts over leading dimensions.

@@ -149,10 +149,12 @@ class SSD(nnx.Module):
             sources.append(x)
 
         # NHWC head outputs flatten to (y, x, slot) order, that of the default boxes.
-        loc = [head(s).reshape(batch, -1, 4) for head, s in zip(self.loc_heads, sources)]
+        loc = [
+            head(s).reshape(batch, -1, 4) for head, s in zip(self.loc_heads, sources, strict=True)
+        ]
         conf = [
             head(s).reshape(batch, -1, self.num_classes + 1)
-            for head, s in zip(self.conf_heads, sources)
+            for head, s in zip(self.conf_heads, sources, strict=True)
         ]
         loc = jnp.concatenate(loc, axis=1).astype(jnp.float32)
         conf = jnp.concatenate(conf, axis=1).astype(jnp.float32)
