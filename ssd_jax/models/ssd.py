@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssd_jax.default_boxes import preset
-from ssd_jax.models.vgg import VGG16, ConvBlock, scale_channels
+from ssd_jax.models.vgg import VGG16, ConvBlock, scale_channels, xavier_uniform
 
 # Extra feature layers after conv7, one pair (1x1 reduction, then k x k) per source:
 # (name, reduced channels, out channels, kernel, stride, padding of the second conv).
@@ -109,7 +109,7 @@ class SSD(nnx.Module):
                 out_features,
                 (3, 3),
                 padding=((1, 1), (1, 1)),
-                kernel_init=nnx.initializers.xavier_uniform(),
+                kernel_init=xavier_uniform,
                 bias_init=nnx.initializers.zeros,
                 dtype=dtype,
                 param_dtype=param_dtype,
@@ -139,15 +139,21 @@ class SSD(nnx.Module):
                 f"{images.shape[1]}x{images.shape[2]} (shape {images.shape}); resize first"
             )
 
-    def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def source_features(self, images: jax.Array) -> list[jax.Array]:
+        """The source feature maps the heads read, (B, H_k, W_k, channels_k) each:
+        normalized conv4_3, conv7, then the second conv of each extra layer."""
         self._check_images(images)
-        batch = images.shape[0]
         conv4_3, x = self.vgg(images.astype(self.dtype))
         sources = [conv4_3, x]
         for name in self.extra_names:
             x = getattr(self, f"{name}_2")(getattr(self, f"{name}_1")(x))
             sources.append(x)
+        return sources
 
+    def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(B, S, S, 3) normalized images -> loc (B, A, 4), conf (B, A, C + 1), float32."""
+        sources = self.source_features(images)
+        batch = images.shape[0]
         # NHWC head outputs flatten to (y, x, slot) order, that of the default boxes.
         loc = [
             head(s).reshape(batch, -1, 4) for head, s in zip(self.loc_heads, sources, strict=True)
