@@ -63,4 +63,6 @@ def test_sharded_loss_and_gradients_equal_single_device():
 
     np.testing.assert_allclose(loss_all, loss_one, rtol=1e-5)
     for one, full in zip(jax.tree.leaves(grads_one), jax.tree.leaves(grads_all)):
-        np.testing.assert_allclose(full, one, rtol=1e-4, atol=1e-4 * np.abs(one).max())
+        # conv biases ahead of BatchNorm have true gradient 0: only float noise there
+        atol = max(1e-4 * np.abs(one).max(), 1e-7)
+        np.testing.assert_allclose(full, one, rtol=1e-4, atol=atol)
