@@ -72,10 +72,10 @@ def _draw_shape(
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """Smooth two-colour texture plus distractor lines, float32 (H, W, 3)."""
-    colours = rng.uniform(0, 255, (2, 3))
-    grid = rng.uniform(0, 1, (int(rng.integers(2, 9)), int(rng.integers(2, 9)), 1))
+    colours = rng.uniform(0, 255, (2, 3)).astype(np.float32)
+    grid = rng.uniform(0, 1, (int(rng.integers(2, 9)), int(rng.integers(2, 9)))).astype(np.float32)
     field = cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)[..., None]
-    image = (colours[0] * (1 - field) + colours[1] * field).astype(np.float32)
+    image = colours[0] + (colours[1] - colours[0]) * field
     for _ in range(int(rng.integers(0, 7))):
         p0 = (int(rng.integers(0, width)), int(rng.integers(0, height)))
         p1 = (int(rng.integers(0, width)), int(rng.integers(0, height)))
@@ -174,7 +174,7 @@ class SyntheticShapes:
         kept_labels = [labels[k] for k in drawn]
         boxes = [boxes[k] for k in drawn]
 
-        image += rng.normal(0, rng.uniform(3, 15), image.shape)
+        image += rng.standard_normal(image.shape, np.float32) * np.float32(rng.uniform(3, 15))
         image = np.clip(image, 0, 255).astype(np.uint8)
         return make_example(
             image, np.array(boxes, np.float32).reshape(-1, 4), kept_labels, index, height, width

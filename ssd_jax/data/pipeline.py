@@ -1,0 +1,217 @@
+"""Fixed-shape batches with Grain: source -> per-process shard -> shuffle per epoch
+-> augmentation -> batch -> (multiprocess) prefetch.
+
+A batch is a dict of NumPy arrays (B = per-process batch size, M = ``max_boxes``):
+
+================  ======================  ==========================================
+``image``         uint8 (B, S, S, 3)      RGB, resized; normalized later on device
+``boxes``         float32 (B, M, 4)       normalized xyxy, zeros where not ``mask``
+``labels``        int32 (B, M)            1..C, 0 where not ``mask``
+``mask``          bool (B, M)             real objects
+``image_id``      int64 (B,)              see :mod:`ssd_jax.data.example`
+``num_truncated`` int32 (B,)              objects beyond M that were dropped
+================  ======================  ==========================================
+
+Evaluation batches add ``difficult``, ``is_crowd`` (B, M), ``height``, ``width``
+(B,) and ``is_padding`` (B,): the last batch is filled with padding examples so
+every real image is evaluated exactly once.
+
+Each example's augmentation depends only on (seed, epoch, index), and the Grain
+iterator's state can be saved and restored (``get_state`` / ``set_state``), so
+a resumed run sees the same data as an uninterrupted one.
+"""
+
+import math
+
+import grain
+import numpy as np
+
+from ssd_jax.data.augment import eval_preprocess, train_augment
+
+# ImageNet mean in RGB 0-255: the canvas colour of the zoom-out augmentation.
+IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
+DEFAULT_MAX_BOXES = 100  # VOC has at most 42 objects per image, COCO train2017 93
+
+
+def pad_objects(boxes: np.ndarray, labels: np.ndarray, max_boxes: int, **flags: np.ndarray) -> dict:
+    """Pads (or truncates) the N objects of one image to ``max_boxes`` rows.
+
+    When N > ``max_boxes`` the largest boxes (by area) are kept, in their original
+    order, and ``num_truncated`` says how many were dropped.
+
+    Returns:
+      ``{"boxes": (M, 4), "labels": (M,), "mask": (M,), **flags (M,), "num_truncated"}``.
+    """
+    num = len(labels)
+    keep = np.arange(num)
+    if num > max_boxes:
+        areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+        keep = np.sort(np.argsort(-areas, kind="stable")[:max_boxes])
+    count = len(keep)
+    out = {
+        "boxes": np.zeros((max_boxes, 4), np.float32),
+        "labels": np.zeros((max_boxes,), np.int32),
+        "mask": np.arange(max_boxes) < count,
+    }
+    out["boxes"][:count] = boxes[keep]
+    out["labels"][:count] = labels[keep]
+    for name, values in flags.items():
+        out[name] = np.zeros((max_boxes,), values.dtype)
+        out[name][:count] = values[keep]
+    out["num_truncated"] = np.int32(num - count)
+    return out
+
+
+class TrainTransform(grain.transforms.RandomMap):
+    """Augments one example (:func:`ssd_jax.data.augment.train_augment`) and pads it."""
+
+    def __init__(
+        self,
+        image_size: int,
+        max_boxes: int,
+        fill_rgb: tuple[float, float, float] = IMAGENET_MEAN_RGB,
+        keep_difficult: bool = False,
+        keep_crowd: bool = False,
+    ):
+        self.image_size = image_size
+        self.max_boxes = max_boxes
+        self.fill_rgb = fill_rgb
+        self.keep_difficult = keep_difficult
+        self.keep_crowd = keep_crowd
+
+    def random_map(self, example: dict, rng: np.random.Generator) -> dict:
+        augmented = train_augment(
+            example, rng, self.image_size, self.fill_rgb, self.keep_difficult, self.keep_crowd
+        )
+        return {
+            "image": augmented["image"],
+            **pad_objects(augmented["boxes"], augmented["labels"], self.max_boxes),
+            "image_id": np.int64(augmented["image_id"]),
+        }
+
+
+class EvalTransform(grain.transforms.Map):
+    """Resizes one example and pads its objects, keeping difficult and crowd flags."""
+
+    def __init__(self, image_size: int, max_boxes: int):
+        self.image_size = image_size
+        self.max_boxes = max_boxes
+
+    def map(self, example: dict) -> dict:
+        resized = eval_preprocess(example, self.image_size)
+        padded = pad_objects(
+            resized["boxes"],
+            resized["labels"],
+            self.max_boxes,
+            difficult=resized["difficult"],
+            is_crowd=resized["is_crowd"],
+        )
+        return {
+            "image": resized["image"],
+            **padded,
+            "image_id": np.int64(resized["image_id"]),
+            "height": np.int32(resized["height"]),
+            "width": np.int32(resized["width"]),
+            "is_padding": np.bool_(example.get("is_padding", False)),
+        }
+
+
+class _PaddedSource:
+    """``source`` followed by blank examples (``is_padding`` True) up to ``length``."""
+
+    def __init__(self, source, length: int):
+        self.source, self.length = source, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        if index < len(self.source):
+            return self.source[index]
+        blank = np.zeros(0, bool)
+        return {
+            "image": np.zeros((8, 8, 3), np.uint8),
+            "boxes": np.zeros((0, 4), np.float32),
+            "labels": np.zeros(0, np.int32),
+            "difficult": blank,
+            "is_crowd": blank,
+            "image_id": np.int64(-1),
+            "height": np.int32(8),
+            "width": np.int32(8),
+            "is_padding": True,
+        }
+
+
+def _check_shard(shard_index: int, shard_count: int) -> None:
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} is not in [0, {shard_count})")
+
+
+def train_dataset(
+    source,
+    *,
+    image_size: int,
+    batch_size: int,
+    seed: int,
+    max_boxes: int = DEFAULT_MAX_BOXES,
+    fill_rgb: tuple[float, float, float] = IMAGENET_MEAN_RGB,
+    keep_difficult: bool = False,
+    keep_crowd: bool = False,
+    num_epochs: int | None = None,
+    shard_index: int = 0,
+    shard_count: int = 1,
+) -> grain.MapDataset:
+    """Training batches of this process's shard (``source[shard_index::shard_count]``),
+    reshuffled every epoch, augmented, batched with ``drop_remainder``.
+
+    ``batch_size`` is the per-process batch; ``num_epochs=None`` repeats forever.
+    Iterate with :func:`make_iterator`.
+    """
+    _check_shard(shard_index, shard_count)
+    if len(source) // shard_count < batch_size:
+        raise ValueError(
+            f"the data shard has {len(source) // shard_count} examples, fewer than one batch "
+            f"of {batch_size}"
+        )
+    transform = TrainTransform(image_size, max_boxes, fill_rgb, keep_difficult, keep_crowd)
+    dataset = grain.MapDataset.source(source)[shard_index::shard_count]
+    dataset = dataset.shuffle(seed=seed).repeat(num_epochs)
+    dataset = dataset.random_map(transform, seed=seed)
+    return dataset.batch(batch_size, drop_remainder=True)
+
+
+def eval_dataset(
+    source,
+    *,
+    image_size: int,
+    batch_size: int,
+    max_boxes: int = DEFAULT_MAX_BOXES,
+    shard_index: int = 0,
+    shard_count: int = 1,
+) -> grain.MapDataset:
+    """Evaluation batches of every image, in order, each exactly once over all
+    shards; blank examples with ``is_padding`` fill the last batches so that every
+    process runs the same number of equal-shape batches."""
+    _check_shard(shard_index, shard_count)
+    per_round = batch_size * shard_count
+    padded = _PaddedSource(source, math.ceil(len(source) / per_round) * per_round)
+    dataset = grain.MapDataset.source(padded)[shard_index::shard_count]
+    dataset = dataset.map(EvalTransform(image_size, max_boxes))
+    return dataset.batch(batch_size, drop_remainder=True)
+
+
+def make_iterator(
+    dataset: grain.MapDataset, num_workers: int = 0, prefetch: int = 2
+) -> grain.DatasetIterator:
+    """An iterator over ``dataset`` with ``num_workers`` worker processes (0: in
+    this process, with a thread pool). It supports ``get_state()`` / ``set_state()``.
+
+    Batches from worker processes live in shared memory: copy them (e.g.
+    ``jax.device_put``) before keeping them past the next step.
+    """
+    iter_dataset = dataset.to_iter_dataset(grain.ReadOptions(prefetch_buffer_size=prefetch))
+    if num_workers > 0:
+        iter_dataset = iter_dataset.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=num_workers)
+        )
+    return iter(iter_dataset)
