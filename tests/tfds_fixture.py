@@ -89,7 +89,7 @@ with registered.skip_registration():
                         "image/id": np.int64,
                         "objects": objects,
                     }
-                )  # fmt: skip
+                )
             )
 
         def _split_generators(self, dl_manager):
