@@ -14,9 +14,20 @@ import numpy as np
 CROP_MIN_IOUS = (None, 0.1, 0.3, 0.5, 0.7, 0.9, 0.0)
 
 
+def adjust_saturation_hue(
+    image: np.ndarray, saturation_factor: float = 1.0, hue_degrees: float = 0.0
+) -> np.ndarray:
+    """Scales saturation (clipped to [0, 1]) and rotates hue (mod 360 degrees) of a
+    float32 RGB image in [0, 255]."""
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)  # float32: H [0, 360), S [0, 1], V [0, 255]
+    hsv[..., 1] = np.clip(hsv[..., 1] * saturation_factor, 0, 1)
+    hsv[..., 0] = np.mod(hsv[..., 0] + hue_degrees, 360)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
 def photometric_distort(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random brightness (+-32), contrast (0.5-1.5, before or after the HSV part),
-    saturation (0.5-1.5), hue (+-18 degrees), each with p = 0.5, then a random
+    """Random brightness (+-32), contrast (x0.5-1.5, before or after the HSV part),
+    saturation (x0.5-1.5), hue (+-18 degrees), each with p = 0.5, then a random
     channel permutation with p = 0.5. uint8 RGB in, uint8 RGB out."""
     x = image.astype(np.float32)
     if rng.uniform() < 0.5:
@@ -25,15 +36,10 @@ def photometric_distort(image: np.ndarray, rng: np.random.Generator) -> np.ndarr
     if contrast_first and rng.uniform() < 0.5:
         x *= rng.uniform(0.5, 1.5)
     x = np.clip(x, 0, 255)
-    saturate, shift_hue = rng.uniform() < 0.5, rng.uniform() < 0.5
-    if saturate or shift_hue:
-        # float32 HSV from OpenCV: H in [0, 360), S in [0, 1], V in [0, 255]
-        hsv = cv2.cvtColor(x, cv2.COLOR_RGB2HSV)
-        if saturate:
-            hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.5, 1.5), 0, 1)
-        if shift_hue:
-            hsv[..., 0] = np.mod(hsv[..., 0] + rng.uniform(-18, 18), 360)
-        x = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    saturation = rng.uniform(0.5, 1.5) if rng.uniform() < 0.5 else 1.0
+    hue = rng.uniform(-18, 18) if rng.uniform() < 0.5 else 0.0
+    if saturation != 1.0 or hue != 0.0:
+        x = adjust_saturation_hue(x, saturation, hue)
     if not contrast_first and rng.uniform() < 0.5:
         x *= rng.uniform(0.5, 1.5)
     if rng.uniform() < 0.5:

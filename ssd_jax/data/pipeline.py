@@ -25,6 +25,7 @@ import math
 
 import grain
 import numpy as np
+from absl import flags
 
 from ssd_jax.data.augment import eval_preprocess, train_augment
 
@@ -203,14 +204,19 @@ def eval_dataset(
 def make_iterator(
     dataset: grain.MapDataset, num_workers: int = 0, prefetch: int = 2
 ) -> grain.DatasetIterator:
-    """An iterator over ``dataset`` with ``num_workers`` worker processes (0: in
-    this process, with a thread pool). It supports ``get_state()`` / ``set_state()``.
+    """An iterator over ``dataset``: ``num_workers`` worker processes (0: in this
+    process), each preparing ``prefetch`` batches ahead on as many threads. It
+    supports ``get_state()`` / ``set_state()``.
 
     Batches from worker processes live in shared memory: copy them (e.g.
     ``jax.device_put``) before keeping them past the next step.
     """
-    iter_dataset = dataset.to_iter_dataset(grain.ReadOptions(prefetch_buffer_size=prefetch))
+    read_options = grain.ReadOptions(num_threads=prefetch, prefetch_buffer_size=prefetch)
+    iter_dataset = dataset.to_iter_dataset(read_options)
     if num_workers > 0:
+        # Grain's workers read absl flags, which are unparsed outside absl.app.run.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         iter_dataset = iter_dataset.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=num_workers)
         )

@@ -1,0 +1,140 @@
+import numpy as np
+import pytest
+
+from ssd_jax.data import augment
+from ssd_jax.data.synthetic import SyntheticShapes
+
+
+def image_with_box(height, width, box_pixels, value=255):
+    """Black image with a filled rectangle at pixel box (x0, y0, x1, y1), end-exclusive."""
+    image = np.zeros((height, width, 3), np.uint8)
+    x0, y0, x1, y1 = box_pixels
+    image[y0:y1, x0:x1] = value
+    return image
+
+
+def bright_region(image):
+    """End-exclusive pixel box of the pixels > 128 in channel 0."""
+    rows, cols = np.nonzero(image[..., 0] > 128)
+    return cols.min(), rows.min(), cols.max() + 1, rows.max() + 1
+
+
+@pytest.mark.parametrize(
+    ("saturation", "hue", "expected"),
+    [
+        (1.0, 120.0, (0, 255, 0)),  # red -> green
+        (1.0, -18.0, (255, 0, 76.5)),  # wraps to hue 342, not at 180
+        (0.5, 0.0, (255, 127.5, 127.5)),
+        (2.0, 0.0, (255, 0, 0)),  # saturation clipped at 1
+    ],
+)
+def test_saturation_and_hue_hand_computed(saturation, hue, expected):
+    red = np.array([[[255.0, 0.0, 0.0]]], np.float32)
+    np.testing.assert_allclose(
+        augment.adjust_saturation_hue(red, saturation, hue)[0, 0], expected, atol=0.1
+    )
+
+
+def test_photometric_distort_keeps_shape_and_is_seeded():
+    image = SyntheticShapes(1, image_size=(60, 80), seed=3)[0]["image"]
+    a = augment.photometric_distort(image, np.random.default_rng(5))
+    b = augment.photometric_distort(image, np.random.default_rng(5))
+    assert a.shape == image.shape and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    outputs = {
+        augment.photometric_distort(image, np.random.default_rng(s)).tobytes() for s in range(8)
+    }
+    assert len(outputs) > 4
+
+
+def test_expand_moves_boxes_with_pixels_and_fills_with_rgb_mean():
+    image = image_with_box(40, 60, (10, 5, 30, 25))
+    box = np.array([[10 / 60, 5 / 40, 30 / 60, 25 / 40]], np.float32)
+    for seed in range(10):
+        out, boxes = augment.expand(
+            image, box, np.random.default_rng(seed), (123.7, 116.3, 103.5), probability=1.0
+        )
+        h, w = out.shape[:2]
+        assert h >= 40 and w >= 60
+        np.testing.assert_allclose(boxes[0] * [w, h, w, h], bright_region(out), atol=1e-3)
+        corner = out[0, 0] if bright_region(out)[:2] != (0, 0) else out[-1, -1]
+        np.testing.assert_array_equal(corner, [124, 116, 104])  # R, G, B in that order
+
+
+def test_sampled_crops_satisfy_the_minimum_iou():
+    rng = np.random.default_rng(0)
+    checked = {t: 0 for t in augment.CROP_MIN_IOUS if t is not None}
+    for _ in range(600):
+        size = rng.uniform(0.05, 0.9, (3, 2))  # large boxes make the 0.7 / 0.9 modes possible
+        top_left = rng.uniform(0, 1 - size)
+        boxes = np.concatenate([top_left, top_left + size], 1)
+        patch, min_iou = augment.sample_crop(boxes, (300, 400), rng)
+        if patch is None:
+            continue
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        inside = np.all((centres > patch[:2]) & (centres < patch[2:]), axis=1)
+        assert inside.any() and augment._iou_with_patch(boxes, patch)[inside].max() >= min_iou
+        # pixel aligned, within the image, scale >= 0.3 per side area-wise
+        np.testing.assert_allclose(
+            patch * [400, 300, 400, 300], np.round(patch * [400, 300, 400, 300]), atol=1e-9
+        )
+        assert (patch >= 0).all() and (patch <= 1).all()
+        checked[min_iou] += 1
+    assert all(count > 0 for count in checked.values()), checked
+
+
+def test_crop_keeps_centres_inside_and_boxes_follow_pixels():
+    image = image_with_box(100, 200, (40, 20, 120, 70))
+    boxes = np.array(
+        [[40 / 200, 20 / 100, 120 / 200, 70 / 100], [0.9, 0.9, 0.95, 0.95]], np.float32
+    )
+    patch = np.array([30 / 200, 10 / 100, 100 / 200, 90 / 100])  # cuts the first box on the right
+    out, new_boxes, kept = augment.crop(image, boxes, patch)
+    assert out.shape == (80, 70, 3)
+    np.testing.assert_array_equal(kept, [0])
+    np.testing.assert_allclose(new_boxes[0] * [70, 80, 70, 80], bright_region(out), atol=1e-4)
+
+
+def test_flip_twice_is_identity_and_boxes_follow_pixels():
+    image = image_with_box(40, 60, (10, 5, 30, 25))
+    boxes = np.array([[10 / 60, 5 / 40, 30 / 60, 25 / 40]], np.float32)
+    flipped, flipped_boxes = augment.horizontal_flip(
+        image, boxes, np.random.default_rng(0), probability=1.0
+    )
+    np.testing.assert_allclose(
+        flipped_boxes[0] * [60, 40, 60, 40], bright_region(flipped), atol=1e-4
+    )
+    back, back_boxes = augment.horizontal_flip(
+        flipped, flipped_boxes, np.random.default_rng(0), probability=1.0
+    )
+    np.testing.assert_array_equal(back, image)
+    np.testing.assert_allclose(back_boxes, boxes, atol=1e-7)
+
+
+def test_train_augment_outputs_and_difficult_handling():
+    source = SyntheticShapes(20, num_classes=4, image_size=(90, 120), seed=4)
+    for index in range(20):
+        example = source[index]
+        example["difficult"] = np.arange(len(example["labels"])) == 0  # first object difficult
+        out = augment.train_augment(example, np.random.default_rng(index), 64, (124, 116, 104))
+        assert out["image"].shape == (64, 64, 3) and out["image"].dtype == np.uint8
+        boxes = out["boxes"]
+        assert boxes.dtype == np.float32 and out["labels"].dtype == np.int32
+        assert len(boxes) == len(out["labels"])
+        assert (boxes >= 0).all() and (boxes <= 1).all()
+        assert ((boxes[:, 2:] - boxes[:, :2]) * 64 >= 1).all()  # no sub-pixel boxes
+        assert len(boxes) <= len(example["labels"]) - (len(example["labels"]) > 0)
+        again = augment.train_augment(example, np.random.default_rng(index), 64, (124, 116, 104))
+        np.testing.assert_array_equal(again["image"], out["image"])
+        kept = augment.train_augment(
+            example, np.random.default_rng(index), 64, (124, 116, 104), keep_difficult=True
+        )
+        assert len(kept["labels"]) >= len(out["labels"])
+
+
+def test_eval_preprocess_only_resizes():
+    example = SyntheticShapes(1, image_size=(90, 120), seed=4)[0]
+    out = augment.eval_preprocess(example, 50)
+    assert out["image"].shape == (50, 50, 3)
+    np.testing.assert_array_equal(out["boxes"], example["boxes"])
+    np.testing.assert_array_equal(out["labels"], example["labels"])
