@@ -347,3 +347,15 @@ def test_tfds_import_does_not_load_tensorflow():
     import sys
 
     assert "tensorflow" not in sys.modules
+
+
+def test_prepare_without_tensorflow_names_the_extra(monkeypatch, tmp_path):
+    import sys
+
+    from ssd_jax.data import prepare
+
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # as if TensorFlow were not installed
+    with pytest.raises(SystemExit, match=r"coco/2017 needs TensorFlow: .*ssd_jax\[prepare\]"):
+        prepare.main(["coco/2017", "--data_dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="supported datasets are"):
+        prepare.main(["imagenet/2012"])
