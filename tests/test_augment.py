@@ -73,7 +73,10 @@ def test_sampled_crops_satisfy_the_minimum_iou():
             continue
         centres = (boxes[:, :2] + boxes[:, 2:]) / 2
         inside = np.all((centres > patch[:2]) & (centres < patch[2:]), axis=1)
-        assert inside.any() and augment._iou_with_patch(boxes, patch)[inside].max() >= min_iou
+        assert (
+            inside.any()
+            and augment.iou_with_patches(boxes, patch[None])[0, inside].max() >= min_iou
+        )
         # pixel aligned, within the image, scale >= 0.3 per side area-wise
         np.testing.assert_allclose(
             patch * [400, 300, 400, 300], np.round(patch * [400, 300, 400, 300]), atol=1e-9
@@ -123,13 +126,27 @@ def test_train_augment_outputs_and_difficult_handling():
         assert len(boxes) == len(out["labels"])
         assert (boxes >= 0).all() and (boxes <= 1).all()
         assert ((boxes[:, 2:] - boxes[:, :2]) * 64 >= 1).all()  # no sub-pixel boxes
-        assert len(boxes) <= len(example["labels"]) - (len(example["labels"]) > 0)
+        assert len(boxes) <= len(example["labels"]) - (len(example["labels"]) > 0)  # difficult gone
         again = augment.train_augment(example, np.random.default_rng(index), 64, (124, 116, 104))
         np.testing.assert_array_equal(again["image"], out["image"])
-        kept = augment.train_augment(
-            example, np.random.default_rng(index), 64, (124, 116, 104), keep_difficult=True
+
+
+def test_difficult_and_crowd_objects_leave_training_unless_kept():
+    source = SyntheticShapes(10, num_classes=4, image_size=(90, 120), seed=4)
+    counts = {"dropped": 0, "kept": 0}
+    for index in range(10):
+        example = source[index]
+        example["difficult"][:] = True
+        example["is_crowd"][:] = True
+        rng = np.random.default_rng
+        counts["dropped"] += len(
+            augment.train_augment(example, rng(index), 64, (0, 0, 0))["labels"]
         )
-        assert len(kept["labels"]) >= len(out["labels"])
+        kept = augment.train_augment(
+            example, rng(index), 64, (0, 0, 0), keep_difficult=True, keep_crowd=True
+        )
+        counts["kept"] += len(kept["labels"])
+    assert counts["dropped"] == 0 and counts["kept"] > 10
 
 
 def test_eval_preprocess_only_resizes():

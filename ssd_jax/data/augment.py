@@ -20,31 +20,74 @@ def adjust_saturation_hue(
     """Scales saturation (clipped to [0, 1]) and rotates hue (mod 360 degrees) of a
     float32 RGB image in [0, 255]."""
     hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)  # float32: H [0, 360), S [0, 1], V [0, 255]
-    hsv[..., 1] = np.clip(hsv[..., 1] * saturation_factor, 0, 1)
-    hsv[..., 0] = np.mod(hsv[..., 0] + hue_degrees, 360)
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    hue, saturation, value = cv2.split(hsv)
+    if saturation_factor != 1.0:
+        saturation = np.minimum(saturation * np.float32(saturation_factor), np.float32(1))
+    if hue_degrees != 0.0:
+        hue += np.float32(hue_degrees)
+        hue[hue >= 360] -= 360
+        hue[hue < 0] += 360
+    return cv2.cvtColor(cv2.merge((hue, saturation, value)), cv2.COLOR_HSV2RGB)
 
 
 def photometric_distort(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random brightness (+-32), contrast (x0.5-1.5, before or after the HSV part),
     saturation (x0.5-1.5), hue (+-18 degrees), each with p = 0.5, then a random
-    channel permutation with p = 0.5. uint8 RGB in, uint8 RGB out."""
-    x = image.astype(np.float32)
-    if rng.uniform() < 0.5:
-        x += rng.uniform(-32, 32)
+    channel permutation with p = 0.5. uint8 RGB in, uint8 RGB out (rounded)."""
+    brightness = rng.uniform(-32, 32) if rng.uniform() < 0.5 else 0.0
     contrast_first = rng.uniform() < 0.5
-    if contrast_first and rng.uniform() < 0.5:
-        x *= rng.uniform(0.5, 1.5)
-    x = np.clip(x, 0, 255)
+    contrast_before = rng.uniform(0.5, 1.5) if contrast_first and rng.uniform() < 0.5 else 1.0
     saturation = rng.uniform(0.5, 1.5) if rng.uniform() < 0.5 else 1.0
     hue = rng.uniform(-18, 18) if rng.uniform() < 0.5 else 0.0
-    if saturation != 1.0 or hue != 0.0:
-        x = adjust_saturation_hue(x, saturation, hue)
-    if not contrast_first and rng.uniform() < 0.5:
-        x *= rng.uniform(0.5, 1.5)
-    if rng.uniform() < 0.5:
-        x = x[..., rng.permutation(3)]
-    return np.clip(x, 0, 255).astype(np.uint8)
+    contrast_after = rng.uniform(0.5, 1.5) if not contrast_first and rng.uniform() < 0.5 else 1.0
+    permutation = rng.permutation(3) if rng.uniform() < 0.5 else None
+
+    # brightness and the first contrast act per value: one lookup table (rounded
+    # to whole levels, far below the distortion's own scale)
+    table = np.clip((np.arange(256, dtype=np.float32) + brightness) * contrast_before, 0, 255)
+    x = cv2.LUT(image, np.round(table).astype(np.uint8))
+    if saturation != 1.0 or hue != 0.0 or contrast_after != 1.0:
+        x = x.astype(np.float32)
+        if saturation != 1.0 or hue != 0.0:
+            x = adjust_saturation_hue(x, saturation, hue)
+        if contrast_after != 1.0:
+            x *= contrast_after
+        x = cv2.convertScaleAbs(x)  # round and saturate to uint8; x >= 0 here
+    if permutation is not None:
+        channels = cv2.split(x)
+        x = cv2.merge([channels[c] for c in permutation])
+    return x
+
+
+def sample_expand(
+    image_shape: tuple[int, int],
+    rng: np.random.Generator,
+    max_ratio: float = 4.0,
+    probability: float = 0.5,
+) -> tuple[int, int, int, int] | None:
+    """Draws a zoom-out: ``(canvas_height, canvas_width, top, left)`` of a canvas
+    ``r`` times the image (r ~ U(1, max_ratio)) with the image at (top, left); or
+    None (with 1 - ``probability``) for no zoom-out."""
+    if rng.uniform() >= probability:
+        return None
+    height, width = image_shape
+    ratio = rng.uniform(1, max_ratio)
+    canvas_height, canvas_width = int(height * ratio), int(width * ratio)
+    top = int(rng.integers(0, canvas_height - height + 1))
+    left = int(rng.integers(0, canvas_width - width + 1))
+    return canvas_height, canvas_width, top, left
+
+
+def expand_boxes(
+    boxes: np.ndarray, image_shape: tuple[int, int], canvas: tuple[int, int, int, int]
+) -> np.ndarray:
+    """Normalized boxes of the image -> normalized boxes of the zoom-out canvas."""
+    height, width = image_shape
+    canvas_height, canvas_width, top, left = canvas
+    scale = np.array([width, height, width, height], np.float64)
+    offset = np.array([left, top, left, top], np.float64)
+    canvas_scale = np.array([canvas_width, canvas_height] * 2, np.float64)
+    return ((boxes.astype(np.float64) * scale + offset) / canvas_scale).astype(np.float32)
 
 
 def expand(
@@ -55,33 +98,27 @@ def expand(
     max_ratio: float = 4.0,
     probability: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Zoom out: with ``probability``, place the image at a random position on a
-    canvas ``r`` times its size (r ~ U(1, max_ratio)) filled with ``fill_rgb``
-    (the dataset mean, RGB order). Returns the image and the moved boxes."""
-    if rng.uniform() >= probability:
+    """Zoom out (:func:`sample_expand`) on a canvas filled with ``fill_rgb`` (the
+    dataset mean, RGB order). Returns the canvas image and the moved boxes."""
+    canvas = sample_expand(image.shape[:2], rng, max_ratio, probability)
+    if canvas is None:
         return image, boxes
+    canvas_height, canvas_width, top, left = canvas
     height, width = image.shape[:2]
-    ratio = rng.uniform(1, max_ratio)
-    new_height, new_width = int(height * ratio), int(width * ratio)
-    top = int(rng.integers(0, new_height - height + 1))
-    left = int(rng.integers(0, new_width - width + 1))
-    canvas = np.empty((new_height, new_width, 3), np.uint8)
-    canvas[...] = np.round(np.asarray(fill_rgb, np.float64)).astype(np.uint8)
-    canvas[top : top + height, left : left + width] = image
-    scale = np.array([width, height, width, height], np.float64)
-    offset = np.array([left, top, left, top], np.float64)
-    new_scale = np.array([new_width, new_height, new_width, new_height], np.float64)
-    new_boxes = (boxes.astype(np.float64) * scale + offset) / new_scale
-    return canvas, new_boxes.astype(np.float32)
+    out = np.empty((canvas_height, canvas_width, 3), np.uint8)
+    out[...] = np.round(np.asarray(fill_rgb, np.float64)).astype(np.uint8)
+    out[top : top + height, left : left + width] = image
+    return out, expand_boxes(boxes, image.shape[:2], canvas)
 
 
-def _iou_with_patch(boxes: np.ndarray, patch: np.ndarray) -> np.ndarray:
-    """IoU of (N, 4) xyxy boxes with one (4,) xyxy patch."""
-    top_left = np.maximum(boxes[:, :2], patch[:2])
-    bottom_right = np.minimum(boxes[:, 2:], patch[2:])
-    intersection = np.prod(np.clip(bottom_right - top_left, 0, None), axis=1)
-    areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
-    union = areas + np.prod(patch[2:] - patch[:2]) - intersection
+def iou_with_patches(boxes: np.ndarray, patches: np.ndarray) -> np.ndarray:
+    """IoU of (N, 4) xyxy boxes with each of (T, 4) xyxy patches -> (T, N)."""
+    top_left = np.maximum(boxes[None, :, :2], patches[:, None, :2])
+    bottom_right = np.minimum(boxes[None, :, 2:], patches[:, None, 2:])
+    intersection = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
+    box_areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    patch_areas = np.prod(patches[:, 2:] - patches[:, :2], axis=1)
+    union = box_areas[None] + patch_areas[:, None] - intersection
     return intersection / np.maximum(union, 1e-12)
 
 
@@ -114,45 +151,57 @@ def sample_crop(
     if min_iou is None:
         return None, None
     height, width = image_shape
-    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-    for _ in range(max_trials):
-        scale = rng.uniform(min_scale, 1.0)
-        aspect = rng.uniform(max(0.5, scale**2), min(2.0, 1 / scale**2))
-        patch_w = max(1, round(scale * np.sqrt(aspect) * width))
-        patch_h = max(1, round(scale / np.sqrt(aspect) * height))
-        left = int(rng.integers(0, width - patch_w + 1))
-        top = int(rng.integers(0, height - patch_h + 1))
-        patch = np.array([left, top, left + patch_w, top + patch_h]) / [
-            width,
-            height,
-            width,
-            height,
-        ]
-        if len(boxes) == 0:
-            return patch, min_iou
-        inside = np.all((centres > patch[:2]) & (centres < patch[2:]), axis=1)
-        if (inside & (_iou_with_patch(boxes, patch) >= min_iou)).any():
-            return patch, min_iou
-    return None, min_iou
+    # all trials drawn at once; the first that satisfies the constraint wins
+    scale = rng.uniform(min_scale, 1.0, max_trials)
+    low, high = np.maximum(0.5, scale**2), np.minimum(2.0, 1 / scale**2)
+    aspect = low + (high - low) * rng.uniform(size=max_trials)
+    patch_w = np.maximum(1, np.round(scale * np.sqrt(aspect) * width))
+    patch_h = np.maximum(1, np.round(scale / np.sqrt(aspect) * height))
+    left = np.floor(rng.uniform(size=max_trials) * (width - patch_w + 1))
+    top = np.floor(rng.uniform(size=max_trials) * (height - patch_h + 1))
+    patches = np.stack([left, top, left + patch_w, top + patch_h], 1) / [
+        width,
+        height,
+        width,
+        height,
+    ]
+    if len(boxes) == 0:
+        return patches[0], min_iou
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # (N, 2)
+    inside = np.all(
+        (centres[None] > patches[:, None, :2]) & (centres[None] < patches[:, None, 2:]), axis=2
+    )  # (T, N)
+    good = np.nonzero((inside & (iou_with_patches(boxes, patches) >= min_iou)).any(axis=1))[0]
+    return (patches[good[0]], min_iou) if len(good) else (None, min_iou)
 
 
-def crop(
-    image: np.ndarray, boxes: np.ndarray, patch: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Crops ``image`` to the normalized, pixel-aligned ``patch``; keeps the boxes
-    whose centre is inside it, clipped to it and renormalized.
-
-    Returns:
-      image, boxes (N', 4), kept indices (N',) into the input boxes.
-    """
-    height, width = image.shape[:2]
-    x0, y0, x1, y1 = np.round(patch * [width, height, width, height]).astype(int)
+def crop_boxes(boxes: np.ndarray, patch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keeps the boxes whose centre lies inside the normalized ``patch``, clipped to
+    it and renormalized to it. Returns boxes (N', 4) and their indices (N',)."""
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2
     inside = np.all((centres > patch[:2]) & (centres < patch[2:]), axis=1)
     kept = np.nonzero(inside)[0]
     corners = np.clip(boxes[kept].reshape(-1, 2, 2), patch[:2], patch[2:])
     new_boxes = (corners - patch[:2]) / (patch[2:] - patch[:2])
-    return image[y0:y1, x0:x1], new_boxes.reshape(-1, 4).astype(np.float32), kept
+    return new_boxes.reshape(-1, 4).astype(np.float32), kept
+
+
+def crop(
+    image: np.ndarray, boxes: np.ndarray, patch: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Crops ``image`` to the normalized, pixel-aligned ``patch`` and its boxes with
+    :func:`crop_boxes`. Returns image, boxes, kept indices."""
+    height, width = image.shape[:2]
+    x0, y0, x1, y1 = np.round(patch * [width, height, width, height]).astype(int)
+    new_boxes, kept = crop_boxes(boxes, patch)
+    return image[y0:y1, x0:x1], new_boxes, kept
+
+
+def flip_boxes(boxes: np.ndarray) -> np.ndarray:
+    """Mirrors normalized xyxy boxes left-right."""
+    flipped = boxes.copy()
+    flipped[:, 0], flipped[:, 2] = 1 - boxes[:, 2], 1 - boxes[:, 0]
+    return flipped
 
 
 def horizontal_flip(
@@ -161,9 +210,7 @@ def horizontal_flip(
     """Mirrors image and boxes left-right with ``probability``."""
     if rng.uniform() >= probability:
         return image, boxes
-    flipped = boxes.copy()
-    flipped[:, 0], flipped[:, 2] = 1 - boxes[:, 2], 1 - boxes[:, 0]
-    return image[:, ::-1], flipped
+    return image[:, ::-1], flip_boxes(boxes)
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -175,6 +222,37 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
     )
 
 
+def _warp_window(
+    image: np.ndarray,
+    window: np.ndarray,
+    flip: bool,
+    size: int,
+    fill_rgb: tuple[float, float, float],
+) -> np.ndarray:
+    """Resamples the pixel ``window`` (x0, y0, x1, y1, may extend past the image,
+    where it shows ``fill_rgb``) of ``image`` to (size, size), mirrored if ``flip``.
+
+    Uses cv2.resize's pixel-centre convention, so without zoom-out it equals
+    cropping then resizing."""
+    x0, y0, x1, y1 = window
+    scale_x, scale_y = (x1 - x0) / size, (y1 - y0) / size
+    if flip:  # output column u shows source x = x1 - (u + 0.5) * scale_x - 0.5
+        row_x = [-scale_x, 0.0, x1 - 0.5 * scale_x - 0.5]
+    else:
+        row_x = [scale_x, 0.0, x0 + 0.5 * scale_x - 0.5]
+    matrix = np.array([row_x, [0.0, scale_y, y0 + 0.5 * scale_y - 0.5]])
+    height, width = image.shape[:2]
+    inside = x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height
+    return cv2.warpAffine(
+        image,
+        matrix,
+        (size, size),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE if inside else cv2.BORDER_CONSTANT,
+        borderValue=tuple(float(v) for v in fill_rgb),
+    )
+
+
 def train_augment(
     example: dict,
     rng: np.random.Generator,
@@ -183,11 +261,14 @@ def train_augment(
     keep_difficult: bool = False,
     keep_crowd: bool = False,
 ) -> dict:
-    """The full training augmentation of one example.
+    """The full training augmentation of one example: :func:`photometric_distort`,
+    zoom-out (:func:`sample_expand`), :func:`sample_crop`, flip (p = 0.5) and resize.
 
-    Difficult and crowd objects are removed first unless ``keep_*``. After the
-    geometric ops, boxes narrower or shorter than one pixel of the
-    ``image_size`` output are dropped.
+    The geometric ops draw the same random numbers as :func:`expand`,
+    :func:`crop` and :func:`horizontal_flip` applied in turn, but the pixels are
+    produced by one affine warp of the window they select, so the 16x-larger
+    zoom-out canvas is never built. Difficult and crowd objects are removed first
+    unless ``keep_*``; boxes narrower or shorter than one output pixel are dropped.
 
     Returns:
       ``{"image": uint8 (S, S, 3), "boxes": float32 (N', 4), "labels": int32 (N',),
@@ -201,13 +282,26 @@ def train_augment(
     boxes, labels = example["boxes"][keep], example["labels"][keep]
 
     image = photometric_distort(example["image"], rng)
-    image, boxes = expand(image, boxes, rng, fill_rgb)
-    patch, _ = sample_crop(boxes, image.shape[:2], rng)
-    if patch is not None:
-        image, boxes, kept = crop(image, boxes, patch)
+    height, width = image.shape[:2]
+    canvas = sample_expand((height, width), rng)
+    if canvas is None:
+        canvas = (height, width, 0, 0)
+    else:
+        boxes = expand_boxes(boxes, (height, width), canvas)
+    canvas_height, canvas_width, top, left = canvas
+    patch, _ = sample_crop(boxes, (canvas_height, canvas_width), rng)
+    if patch is None:
+        patch = np.array([0.0, 0.0, 1.0, 1.0])
+    else:
+        boxes, kept = crop_boxes(boxes, patch)
         labels = labels[kept]
-    image, boxes = horizontal_flip(image, boxes, rng)
-    image = resize(image, image_size)
+    flip = rng.uniform() < 0.5
+    if flip:
+        boxes = flip_boxes(boxes)
+    canvas_scale = np.array([canvas_width, canvas_height, canvas_width, canvas_height])
+    window = np.round(patch * canvas_scale) - [left, top, left, top]
+    image = _warp_window(image, window, flip, image_size, fill_rgb)
+
     boxes = np.clip(boxes, 0, 1)
     big_enough = np.all((boxes[:, 2:] - boxes[:, :2]) * image_size >= 1, axis=1)
     return {

@@ -23,6 +23,7 @@ a resumed run sees the same data as an uninterrupted one.
 
 import math
 
+import cv2
 import grain
 import numpy as np
 from absl import flags
@@ -218,6 +219,15 @@ def make_iterator(
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
         iter_dataset = iter_dataset.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=num_workers)
+            grain.MultiprocessingOptions(num_workers=num_workers),
+            worker_init_fn=_single_threaded_opencv,
         )
+    else:
+        _single_threaded_opencv()
     return iter(iter_dataset)
+
+
+def _single_threaded_opencv(*_) -> None:
+    # Per-image OpenCV calls on ~500x375 images lose more to OpenCV's own thread
+    # pool than they gain; parallelism comes from Grain's threads and workers.
+    cv2.setNumThreads(1)

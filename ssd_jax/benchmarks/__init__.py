@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m ssd_jax.benchmarks.<name>``; each prints a table and writes JSON."""
