@@ -189,6 +189,11 @@ def test_voc_image_without_objects_is_kept_and_counted(tmp_path):
             "<bndbox><xmin>a</xmin><ymin>1</ymin><xmax>2</xmax><ymax>2</ymax></bndbox></object></annotation>",
             "bad.xml: missing or non-numeric",
         ),
+        (
+            "<annotation><size><width>10</width><height>10</height></size><object><name>dog</name>"
+            "<bndbox><xmin>nan</xmin><ymin>1</ymin><xmax>2</xmax><ymax>2</ymax></bndbox></object></annotation>",
+            "bad.xml: box coordinates are not finite",
+        ),
     ],
 )
 def test_voc_malformed_annotation_names_the_file(tmp_path, xml_text, message):
@@ -201,11 +206,11 @@ def test_voc_missing_files_name_the_file(tmp_path):
     with pytest.raises(DataError, match="split list not found: .*val.txt"):
         VocSource([(str(tmp_path), "val")])
     write_voc_image(str(tmp_path), "noimage", [("dog", 1, 1, 5, 5, 0)], image=False)
-    source = VocSource([(str(tmp_path), "train")])
     with pytest.raises(DataError, match="image file not found: .*noimage.jpg"):
-        source[0]
+        VocSource([(str(tmp_path), "train")])  # when the source is built, not mid-epoch
     with open(os.path.join(str(tmp_path), "JPEGImages", "noimage.jpg"), "wb") as f:
         f.write(b"not a jpeg at all")
+    source = VocSource([(str(tmp_path), "train")])
     with pytest.raises(DataError, match="cannot decode image .*noimage.jpg"):
         source[0]
     with open(os.path.join(str(tmp_path), "ImageSets/Main/train.txt"), "a") as f:

@@ -58,6 +58,7 @@ class VocSource:
             with open(list_file) as f:
                 names = [line.split()[0] for line in f if line.strip()]
             self._records += [self._parse(root, name, label_of) for name in names]
+        _check_images_exist(self._records)
         self.skipped.log(f"VOC {list(splits)}")
 
     def _parse(self, root: str, name: str, label_of: dict[str, int]) -> dict:
@@ -119,6 +120,14 @@ class VocSource:
             width=record["width"],
             difficult=record["difficult"],
         )
+
+
+def _check_images_exist(records: list[dict]) -> None:
+    """Missing images fail when the source is built, not mid-epoch."""
+    missing = [r["image_file"] for r in records if not os.path.isfile(r["image_file"])]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise DataError(f"image file not found: {missing[0]}{more}")
 
 
 def _check_size(image: np.ndarray, record: dict, where: str) -> None:
@@ -208,6 +217,7 @@ class CocoSource:
                 "height": height,
                 "width": width,
             })  # fmt: skip
+        _check_images_exist(self._records)
         self.skipped.log(f"COCO {annotation_file}")
 
     def __len__(self) -> int:
