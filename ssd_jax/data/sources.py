@@ -30,7 +30,31 @@ def _label_lookup(class_names: Sequence[str]) -> dict[str, int]:
     return {name: label for label, name in enumerate(class_names, start=1)}
 
 
-class VocSource:
+class _AnnotatedImages:
+    """A source of parsed annotation records that reads each image on access."""
+
+    _records: list[dict]
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self._records[index]
+        image = read_image_rgb(record["image_file"])
+        _check_size(image, record, record["image_file"])
+        return make_example(
+            image,
+            record["boxes"],
+            record["labels"],
+            image_id=record["image_id"],
+            height=record["height"],
+            width=record["width"],
+            difficult=record.get("difficult"),
+            is_crowd=record.get("is_crowd"),
+        )
+
+
+class VocSource(_AnnotatedImages):
     """VOC-style folders: ``<root>/Annotations/<id>.xml``, ``<root>/JPEGImages/<id>.jpg``
     and ``<root>/ImageSets/Main/<split>.txt``.
 
@@ -58,6 +82,8 @@ class VocSource:
             with open(list_file) as f:
                 names = [line.split()[0] for line in f if line.strip()]
             self._records += [self._parse(root, name, label_of) for name in names]
+        for index, record in enumerate(self._records):
+            record["image_id"] = index  # position in the concatenated splits
         _check_images_exist(self._records)
         self.skipped.log(f"VOC {list(splits)}")
 
@@ -104,23 +130,6 @@ class VocSource:
             "width": width,
         }
 
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __getitem__(self, index: int) -> dict:
-        record = self._records[index]
-        image = read_image_rgb(record["image_file"])
-        _check_size(image, record, record["image_file"])
-        return make_example(
-            image,
-            record["boxes"],
-            record["labels"],
-            image_id=index,
-            height=record["height"],
-            width=record["width"],
-            difficult=record["difficult"],
-        )
-
 
 def _check_images_exist(records: list[dict]) -> None:
     """Missing images fail when the source is built, not mid-epoch."""
@@ -138,7 +147,7 @@ def _check_size(image: np.ndarray, record: dict, where: str) -> None:
         )
 
 
-class CocoSource:
+class CocoSource(_AnnotatedImages):
     """A COCO-style dataset: an ``instances_*.json`` and its image folder.
 
     Categories become contiguous labels 1..C in category-id order (or in the order
@@ -219,23 +228,6 @@ class CocoSource:
             })  # fmt: skip
         _check_images_exist(self._records)
         self.skipped.log(f"COCO {annotation_file}")
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __getitem__(self, index: int) -> dict:
-        record = self._records[index]
-        image = read_image_rgb(record["image_file"])
-        _check_size(image, record, record["image_file"])
-        return make_example(
-            image,
-            record["boxes"],
-            record["labels"],
-            image_id=record["image_id"],
-            height=record["height"],
-            width=record["width"],
-            is_crowd=record["is_crowd"],
-        )
 
 
 def _latest_version_dir(data_dir: str, name: str) -> str:
