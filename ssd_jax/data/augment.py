@@ -274,13 +274,7 @@ def train_augment(
       ``{"image": uint8 (S, S, 3), "boxes": float32 (N', 4), "labels": int32 (N',),
       "image_id", "height", "width"}``.
     """
-    keep = np.ones(len(example["labels"]), bool)
-    if not keep_difficult:
-        keep &= ~example["difficult"]
-    if not keep_crowd:
-        keep &= ~example["is_crowd"]
-    boxes, labels = example["boxes"][keep], example["labels"][keep]
-
+    boxes, labels = training_targets(example, keep_difficult, keep_crowd)
     image = photometric_distort(example["image"], rng)
     height, width = image.shape[:2]
     canvas = sample_expand((height, width), rng)
@@ -302,6 +296,26 @@ def train_augment(
     window = np.round(patch * canvas_scale) - [left, top, left, top]
     image = _warp_window(image, window, flip, image_size, fill_rgb)
 
+    return _training_output(example, image, boxes, labels, image_size)
+
+
+def training_targets(
+    example: dict, keep_difficult: bool, keep_crowd: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The boxes and labels of ``example`` that are training targets: difficult
+    and crowd objects are left out unless ``keep_*``."""
+    keep = np.ones(len(example["labels"]), bool)
+    if not keep_difficult:
+        keep &= ~example["difficult"]
+    if not keep_crowd:
+        keep &= ~example["is_crowd"]
+    return example["boxes"][keep], example["labels"][keep]
+
+
+def _training_output(
+    example: dict, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, image_size: int
+) -> dict:
+    """Clips boxes and drops those under one output pixel."""
     boxes = np.clip(boxes, 0, 1)
     big_enough = np.all((boxes[:, 2:] - boxes[:, :2]) * image_size >= 1, axis=1)
     return {
@@ -312,6 +326,17 @@ def train_augment(
         "height": example["height"],
         "width": example["width"],
     }
+
+
+def train_resize_only(
+    example: dict, image_size: int, keep_difficult: bool = False, keep_crowd: bool = False
+) -> dict:
+    """Training without augmentation: targets as in :func:`train_augment`, image
+    only resized."""
+    boxes, labels = training_targets(example, keep_difficult, keep_crowd)
+    return _training_output(
+        example, resize(example["image"], image_size), boxes, labels, image_size
+    )
 
 
 def eval_preprocess(example: dict, image_size: int) -> dict:

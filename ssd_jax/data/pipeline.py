@@ -28,10 +28,12 @@ import grain
 import numpy as np
 from absl import flags
 
-from ssd_jax.data.augment import eval_preprocess, train_augment
+from ssd_jax.data.augment import eval_preprocess, train_augment, train_resize_only
 
-# ImageNet mean in RGB 0-255: the canvas colour of the zoom-out augmentation.
+# ImageNet statistics on 0-255 RGB (torchvision's): the zoom-out canvas colour,
+# and the default input normalization.
 IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
+IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
 DEFAULT_MAX_BOXES = 100  # VOC has at most 42 objects per image, COCO train2017 93
 
 
@@ -74,17 +76,21 @@ class TrainTransform(grain.transforms.RandomMap):
         fill_rgb: tuple[float, float, float] = IMAGENET_MEAN_RGB,
         keep_difficult: bool = False,
         keep_crowd: bool = False,
+        augment: bool = True,
     ):
         self.image_size = image_size
         self.max_boxes = max_boxes
         self.fill_rgb = fill_rgb
         self.keep_difficult = keep_difficult
         self.keep_crowd = keep_crowd
+        self.augment = augment
 
     def random_map(self, example: dict, rng: np.random.Generator) -> dict:
-        augmented = train_augment(
-            example, rng, self.image_size, self.fill_rgb, self.keep_difficult, self.keep_crowd
-        )
+        keep = (self.keep_difficult, self.keep_crowd)
+        if self.augment:
+            augmented = train_augment(example, rng, self.image_size, self.fill_rgb, *keep)
+        else:
+            augmented = train_resize_only(example, self.image_size, *keep)
         return {
             "image": augmented["image"],
             **pad_objects(augmented["boxes"], augmented["labels"], self.max_boxes),
@@ -159,6 +165,7 @@ def train_dataset(
     fill_rgb: tuple[float, float, float] = IMAGENET_MEAN_RGB,
     keep_difficult: bool = False,
     keep_crowd: bool = False,
+    augment: bool = True,
     num_epochs: int | None = None,
     shard_index: int = 0,
     shard_count: int = 1,
@@ -166,7 +173,8 @@ def train_dataset(
     """Training batches of this process's shard (``source[shard_index::shard_count]``),
     reshuffled every epoch, augmented, batched with ``drop_remainder``.
 
-    ``batch_size`` is the per-process batch; ``num_epochs=None`` repeats forever.
+    ``batch_size`` is the per-process batch; ``num_epochs=None`` repeats forever;
+    ``augment=False`` only resizes.
     Iterate with :func:`make_iterator`.
     """
     _check_shard(shard_index, shard_count)
@@ -175,7 +183,7 @@ def train_dataset(
             f"the data shard has {len(source) // shard_count} examples, fewer than one batch "
             f"of {batch_size}"
         )
-    transform = TrainTransform(image_size, max_boxes, fill_rgb, keep_difficult, keep_crowd)
+    transform = TrainTransform(image_size, max_boxes, fill_rgb, keep_difficult, keep_crowd, augment)
     dataset = grain.MapDataset.source(source)[shard_index::shard_count]
     dataset = dataset.shuffle(seed=seed).repeat(num_epochs)
     dataset = dataset.random_map(transform, seed=seed)

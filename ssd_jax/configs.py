@@ -1,0 +1,98 @@
+"""The training configuration schema: every key ``python -m ssd_jax.train`` reads.
+
+Config files in ``configs/`` start from :func:`base_config` and change values;
+the returned ConfigDict is locked, so a misspelt key (in a file or in a
+``--config.key=value`` override) fails loudly instead of being ignored.
+"""
+
+import ml_collections
+
+from ssd_jax.data.pipeline import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+
+
+def data_config(kind: str = "voc") -> ml_collections.ConfigDict:
+    """Where one split's examples come from.
+
+    ``kind``: ``"voc"`` (``voc_splits``: list of "root:split"), ``"coco"``
+    (``annotation_file``, ``image_dir``), ``"tfds"`` (``tfds_name``, ``tfds_split``,
+    ``data_dir``) or ``"synthetic"`` (``num_images``, ``seed``, ``image_height``,
+    ``image_width``, ``max_objects``).
+    """
+    return ml_collections.ConfigDict({
+        "kind": kind,
+        "voc_splits": ("",),
+        "annotation_file": "",
+        "image_dir": "",
+        "tfds_name": "",
+        "tfds_split": "",
+        "data_dir": "",
+        "num_images": 0,
+        "seed": 0,
+        "image_height": 300,
+        "image_width": 300,
+        "max_objects": 6,
+    })  # fmt: skip
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """SSD300 on VOC07+12 with the paper's training settings."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.model = ml_collections.ConfigDict()
+    config.model.architecture = "ssd300"  # or "ssd512"
+    config.model.default_boxes = ""  # default-box preset; "" = the architecture's paper preset
+    config.model.batch_norm = False
+    config.model.width = 1.0  # channel multiplier; < 1 only for tests and demos
+    config.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16"
+
+    config.data = ml_collections.ConfigDict()
+    config.data.train = data_config("voc")
+    config.data.eval = data_config("voc")
+    config.data.class_names = ml_collections.config_dict.placeholder(
+        tuple
+    )  # None: the dataset's list
+    config.data.keep_difficult = False  # keep VOC "difficult" objects as training targets
+    config.data.keep_crowd = False  # keep COCO crowd boxes as training targets
+    config.data.augment = True  # False: resize only (the reference's no-augmentation switch)
+    config.data.max_boxes = 100
+    config.data.num_workers = 4
+    config.data.mean = IMAGENET_MEAN_RGB  # input normalization, 0-255 RGB
+    config.data.std = IMAGENET_STD_RGB
+
+    config.batch_size = 32  # global, over all devices and hosts
+    config.num_steps = 120_000
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "sgd"  # or "adam"
+    config.optimizer.learning_rate = 1e-3  # for base_batch_size; scaled linearly with batch_size
+    config.optimizer.base_batch_size = 32
+    config.optimizer.momentum = 0.9
+    config.optimizer.weight_decay = 5e-4
+    config.optimizer.warmup_steps = 500
+    config.optimizer.milestones = (80_000, 100_000)
+    config.optimizer.gamma = 0.1
+    config.optimizer.grad_clip_norm = 0.0  # 0 = off
+
+    config.loss = ml_collections.ConfigDict()
+    config.loss.alpha = 1.0
+    config.loss.neg_pos_ratio = 3.0
+    config.loss.iou_threshold = 0.5
+
+    config.init = ml_collections.ConfigDict()
+    config.init.checkpoint = ""  # full ssd_jax checkpoint dir to start from (fine-tuning)
+    config.init.backbone = ""  # converted VGG16 weights (.npz) for the trunk
+
+    config.log_every = 50
+    config.checkpoint_every = 5_000
+    config.keep_checkpoints = 3
+    config.eval_every = 5_000
+    config.eval_batches = 0  # 0 = the whole eval split
+    config.distributed = False  # call jax.distributed.initialize() (multi-host)
+    return config
+
+
+def scaled_learning_rate(config: ml_collections.ConfigDict) -> float:
+    """The base learning rate scaled linearly with the global batch size."""
+    opt = config.optimizer
+    return opt.learning_rate * config.batch_size / opt.base_batch_size

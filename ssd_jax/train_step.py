@@ -1,0 +1,152 @@
+"""The SSD train and eval steps: pure functions of (state, batch), jit-compiled
+over the data mesh by the caller.
+
+The train step holds everything that touches the batch on the device: uint8 ->
+normalized images, the network, matching (vmap), the multibox loss, gradients and
+the optax update. Its metrics stay on the device until the host asks for them.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from ssd_jax.data.pipeline import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from ssd_jax.losses import multibox_loss
+from ssd_jax.matching import match_batch
+
+TrainState = dict[str, Any]
+"""``{"params", "batch_stats", "opt_state", "step"}``: the model's nnx.Param and
+nnx.BatchStat states, the optax state and the int32 step."""
+
+
+def normalize_images(
+    images: jax.Array, mean: Sequence[float], std: Sequence[float], dtype: jnp.dtype
+) -> jax.Array:
+    """uint8 (B, H, W, 3) RGB -> ``(x - mean) / std`` in ``dtype`` (computed in float32)."""
+    x = images.astype(jnp.float32)
+    x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+    return x.astype(dtype)
+
+
+def init_train_state(model: nnx.Module, optimizer: optax.GradientTransformation):
+    """Splits ``model`` into its graph and a :data:`TrainState` at step 0."""
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    state = {
+        "params": params,
+        "batch_stats": batch_stats,
+        "opt_state": optimizer.init(params),
+        "step": jnp.zeros((), jnp.int32),
+    }
+    return graphdef, state
+
+
+def _ssd_loss(
+    model: nnx.Module,
+    batch: dict,
+    default_boxes_cxcywh: jax.Array,
+    mean: Sequence[float],
+    std: Sequence[float],
+    compute_dtype: jnp.dtype,
+    iou_threshold: float,
+    neg_pos_ratio: float,
+    alpha: float,
+) -> tuple[jax.Array, dict]:
+    images = normalize_images(batch["image"], mean, std, compute_dtype)
+    loc, conf = model(images)
+    labels, deltas = match_batch(
+        batch["boxes"], batch["labels"], batch["mask"], default_boxes_cxcywh, iou_threshold
+    )
+    return multibox_loss(loc, conf, labels, deltas, neg_pos_ratio, alpha)
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    default_boxes_cxcywh: jax.Array,
+    *,
+    mean: Sequence[float] = IMAGENET_MEAN_RGB,
+    std: Sequence[float] = IMAGENET_STD_RGB,
+    compute_dtype: jnp.dtype = jnp.float32,
+    iou_threshold: float = 0.5,
+    neg_pos_ratio: float = 3.0,
+    alpha: float = 1.0,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """``train_step(state, batch) -> (state, metrics)``, not yet jitted.
+
+    ``batch`` holds ``image`` uint8 (B, S, S, 3), ``boxes`` (B, M, 4), ``labels`` and
+    ``mask`` (B, M). ``metrics``: loss, loc, conf, num_pos, learning_rate, grad_norm.
+    """
+    default_boxes_cxcywh = jnp.asarray(default_boxes_cxcywh, jnp.float32)
+    loss_args = (
+        default_boxes_cxcywh,
+        mean,
+        std,
+        compute_dtype,
+        iou_threshold,
+        neg_pos_ratio,
+        alpha,
+    )
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, state["batch_stats"])
+            loss, parts = _ssd_loss(model, batch, *loss_args)
+            return loss, (parts, nnx.state(model, nnx.BatchStat))
+
+        (loss, (parts, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"]
+        )
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        new_state = {
+            "params": optax.apply_updates(state["params"], updates),
+            "batch_stats": batch_stats,
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+        }
+        metrics = {
+            "loss": loss,
+            **parts,
+            "learning_rate": schedule(state["step"]),
+            "grad_norm": optax.global_norm(grads),
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_loss(
+    graphdef: nnx.GraphDef,
+    default_boxes_cxcywh: jax.Array,
+    *,
+    mean: Sequence[float] = IMAGENET_MEAN_RGB,
+    std: Sequence[float] = IMAGENET_STD_RGB,
+    compute_dtype: jnp.dtype = jnp.float32,
+    iou_threshold: float = 0.5,
+    neg_pos_ratio: float = 3.0,
+    alpha: float = 1.0,
+) -> Callable[[TrainState, dict], dict]:
+    """``eval_loss(state, batch) -> {"loss", "loc", "conf", "num_pos"}`` with
+    BatchNorm in inference mode (running statistics)."""
+    default_boxes_cxcywh = jnp.asarray(default_boxes_cxcywh, jnp.float32)
+    loss_args = (
+        default_boxes_cxcywh,
+        mean,
+        std,
+        compute_dtype,
+        iou_threshold,
+        neg_pos_ratio,
+        alpha,
+    )
+
+    def eval_loss(state: TrainState, batch: dict) -> dict:
+        model = nnx.merge(graphdef, state["params"], state["batch_stats"])
+        model.eval()
+        loss, parts = _ssd_loss(model, batch, *loss_args)
+        return {"loss": loss, **parts}
+
+    return eval_loss
