@@ -1,7 +1,7 @@
 """SSD300 on PASCAL VOC: trains on VOC2007+2012 trainval, evaluates on VOC2007 test.
 
     python -m ssd_jax.train --config configs/ssd300_voc.py --workdir runs/ssd300_voc \
-        --config.data.train.voc_splits="('VOCdevkit/VOC2007:trainval','VOCdevkit/VOC2012:trainval')" \
+        --config.data.train.voc_splits="('VOC/VOC2007:trainval','VOC/VOC2012:trainval')" \
         --config.data.eval.voc_splits="('VOCdevkit/VOC2007:test',)" \
         --config.init.backbone=weights/vgg16_ssd.npz
 

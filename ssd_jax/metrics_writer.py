@@ -47,6 +47,8 @@ def plot_learning_curve(jsonl_path: str, png_path: str) -> None:
     import matplotlib.pyplot as plt
 
     records = read_metrics(jsonl_path)
+    if not records:
+        return
     figure, axes = plt.subplots(figsize=(8, 5))
     for name, style in (
         ("train/loss", "-"),

@@ -114,10 +114,10 @@ def _initial_state_from_checkpoint(path: str, state: dict) -> dict:
         raise ValueError(f"init.checkpoint {path} holds no checkpoint")
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     for part in ("params", "batch_stats"):
-        theirs = {
-            tuple(map(str, key)): value
-            for key, value in traverse_util.flatten_dict(restored["state"][part]).items()
-        }
+        theirs = {}
+        for key, value in traverse_util.flatten_dict(restored["state"][part]).items():
+            key = key[:-1] if key[-1] == "value" else key  # Orbax keeps the Variable level
+            theirs[tuple(map(str, key))] = value
         ours = traverse_util.flatten_dict(nnx.to_pure_dict(state[part]))
         merged = {}
         for key, value in ours.items():
@@ -270,7 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         )
 
     eval_source = None
-    if config.eval_every and config.data.eval.kind and config.data.eval != config.data.train:
+    if config.eval_every:
         eval_source = build_source(config.data.eval, class_names)
 
     writer = MetricsWriter(workdir) if process_index == 0 else None

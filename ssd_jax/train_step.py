@@ -94,7 +94,8 @@ def make_train_step(
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         def loss_fn(params):
-            model = nnx.merge(graphdef, params, state["batch_stats"])
+            # copy: fresh Variables at this trace level, which BatchNorm may update
+            model = nnx.merge(graphdef, params, state["batch_stats"], copy=True)
             loss, parts = _ssd_loss(model, batch, *loss_args)
             return loss, (parts, nnx.state(model, nnx.BatchStat))
 
@@ -112,7 +113,7 @@ def make_train_step(
             "loss": loss,
             **parts,
             "learning_rate": schedule(state["step"]),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
         }
         return new_state, metrics
 
@@ -144,7 +145,7 @@ def make_eval_loss(
     )
 
     def eval_loss(state: TrainState, batch: dict) -> dict:
-        model = nnx.merge(graphdef, state["params"], state["batch_stats"])
+        model = nnx.merge(graphdef, state["params"], state["batch_stats"], copy=True)
         model.eval()
         loss, parts = _ssd_loss(model, batch, *loss_args)
         return {"loss": loss, **parts}

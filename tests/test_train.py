@@ -1,0 +1,177 @@
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ssd_jax import default_boxes, optim, parallel, train
+from ssd_jax.data.synthetic import SHAPE_NAMES, SyntheticShapes, write_coco, write_voc
+from ssd_jax.metrics_writer import read_metrics
+from ssd_jax.train_step import init_train_state, make_train_step
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ssd300_voc",
+        "ssd512_voc",
+        "ssd300_coco",
+        "ssd512_coco",
+        "custom_voc_style",
+        "shapes",
+        "tiny",
+    ],
+)
+def test_configs_load_with_the_paper_defaults(name):
+    config = load_config(name)
+    assert config.optimizer.momentum == 0.9 and config.optimizer.name == "sgd"
+    if name.startswith("ssd"):
+        assert config.batch_size == 32 and config.optimizer.learning_rate == 1e-3
+        assert config.optimizer.weight_decay == 5e-4 and config.optimizer.warmup_steps == 500
+        coco = "coco" in name
+        assert config.num_steps == (400_000 if coco else 120_000)
+        assert tuple(config.optimizer.milestones) == (
+            (280_000, 360_000) if coco else (80_000, 100_000)
+        )
+        assert config.model.architecture == name[:6]
+
+
+def test_unknown_config_key_fails(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "ssd_jax.train", "--config", "configs/tiny.py", "--workdir", str(tmp_path),
+         "--config.optimizer.learning_rte=0.1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode != 0 and "learning_rte" in result.stderr
+
+
+def test_schedule_warmup_and_steps():
+    schedule = optim.step_schedule(0.1, warmup_steps=4, milestones=(10, 20), gamma=0.1)
+    values = [float(schedule(jnp.asarray(s))) for s in (0, 1, 3, 9, 10, 19, 20, 100)]
+    np.testing.assert_allclose(values, [0.025, 0.05, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
+
+
+def tiny_batch(batch_size, seed=0):
+    source = SyntheticShapes(
+        batch_size, num_classes=3, image_size=(300, 300), max_objects=3, seed=seed
+    )
+    from ssd_jax.data.pipeline import pad_objects
+
+    examples = [source[i] for i in range(batch_size)]
+    padded = [pad_objects(e["boxes"], e["labels"], 4) for e in examples]
+    return {
+        "image": np.stack([e["image"] for e in examples]),
+        "boxes": np.stack([p["boxes"] for p in padded]),
+        "labels": np.stack([p["labels"] for p in padded]),
+        "mask": np.stack([p["mask"] for p in padded]),
+    }
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_sharded_train_step_equals_single_device_step(batch_norm):
+    """The jitted step over 8 devices (batch sharded, state replicated) gives the
+    same loss and updated parameters (and BN statistics) as on one device."""
+    model = train.SSD("ssd300", 3, width=1 / 16, batch_norm=batch_norm, rngs=nnx.Rngs(0))
+    schedule = optim.step_schedule(1e-3, 1, (), 0.1)
+    optimizer = optim.make_optimizer("sgd", schedule)
+    graphdef, state = init_train_state(model, optimizer)
+    priors = default_boxes.generate(default_boxes.preset("ssd300"))
+    step = jax.jit(make_train_step(graphdef, optimizer, schedule, priors))
+    batch = tiny_batch(8)
+    device = jax.devices()[0]
+    one_state, one_metrics = step(jax.device_put(state, device), jax.device_put(batch, device))
+    mesh = parallel.make_data_mesh()
+    all_state, all_metrics = step(
+        jax.device_put(state, parallel.replicated(mesh)), parallel.shard_batch(batch, mesh)
+    )
+    np.testing.assert_allclose(all_metrics["loss"], one_metrics["loss"], rtol=1e-5)
+    for part in ("params", "batch_stats"):
+        for one, full in zip(jax.tree.leaves(one_state[part]), jax.tree.leaves(all_state[part])):
+            np.testing.assert_allclose(full, one, rtol=1e-5, atol=1e-5)
+    assert int(all_state["step"]) == 1
+
+
+def params_of(state):
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state["params"]))]
+
+
+def test_resumed_run_reaches_the_same_parameters_and_writes_outputs(tmp_path):
+    config = load_config("tiny")
+    workdir = str(tmp_path / "run")
+    final = params_of(train.train_and_evaluate(config, workdir))
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+    records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    assert [r["step"] for r in records if "train/loss" in r] == [2, 4, 6]
+    assert any("eval/loss" in r for r in records)
+    assert os.path.getsize(os.path.join(workdir, "learning_curve.png")) > 1000
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+
+    # "kill" the run between the checkpoints at 3 and 6, then rerun the same command
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))
+    resumed = params_of(train.train_and_evaluate(config, workdir))
+    for a, b in zip(final, resumed):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
+
+    # fine-tuning to another class count: trunk restored, confidence heads fresh
+    fine_tune = load_config("tiny")
+    fine_tune.data.class_names = SHAPE_NAMES[:2]
+    fine_tune.init.checkpoint = os.path.join(workdir, "checkpoints")
+    fine_tune.num_steps = 0
+    state = train.train_and_evaluate(fine_tune, str(tmp_path / "fine_tune"))
+    trained = train.train_and_evaluate(config, workdir)  # already done: returns the restored state
+    conv = lambda s: np.asarray(s["params"]["vgg"]["conv1_1"]["conv"]["kernel"][...])  # noqa: E731
+    np.testing.assert_array_equal(conv(state), conv(trained))
+    assert (
+        state["params"]["conf_heads"][0]["kernel"][...].shape[-1] == 4 * 3
+    )  # 2 classes + background
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
+    config = load_config("tiny")
+    config.optimizer.milestones = (4,)
+    config.optimizer.gamma = 1e12  # the learning rate explodes after step 4
+    with pytest.raises(
+        train.NonFiniteLossError, match=r"at step \d+ .*last good checkpoint: step 3"
+    ):
+        train.train_and_evaluate(config, str(tmp_path))
+
+
+@pytest.mark.parametrize(("name", "kind"), [("ssd300_voc", "voc"), ("ssd512_coco", "coco")])
+def test_dataset_configs_start_training_on_local_folders(tmp_path, name, kind):
+    shapes = SyntheticShapes(8, num_classes=4, image_size=(120, 160), seed=3)
+    config = load_config(name)
+    for split in ("train", "eval"):
+        data = config.data[split]
+        if kind == "voc":
+            write_voc(str(tmp_path / "voc"), {"trainval": shapes})
+            data.voc_splits = (f"{tmp_path / 'voc'}:trainval",)
+        else:
+            write_coco(str(tmp_path / "coco.json"), str(tmp_path / "images"), shapes)
+            data.annotation_file, data.image_dir = (
+                str(tmp_path / "coco.json"),
+                str(tmp_path / "images"),
+            )
+    if kind == "voc":
+        config.data.class_names = SHAPE_NAMES[:4]
+    config.model.width = 1 / 16
+    config.batch_size, config.num_steps, config.data.num_workers = 8, 1, 0
+    config.log_every = config.checkpoint_every = config.eval_every = 1
+    config.eval_batches = 1
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    records = read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
+    assert np.isfinite(records[0]["train/loss"]) and "eval/loss" in records[-1]
