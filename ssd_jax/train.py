@@ -335,17 +335,17 @@ def evaluate_loss(eval_loss, state, source, config, image_size: int, mesh) -> di
     return {k: float(np.mean([t[k] for t in totals])) for k in totals[0]}
 
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go (resumed if present).")
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
+    # Flags live here so that importing this module (tests, benchmarks) defines none.
+    config_flags.DEFINE_config_file(
+        "config", None, "Training configuration file.", lock_config=True
+    )
+    flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go (resumed if present).")
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)

@@ -1,0 +1,134 @@
+"""Train-step speed with device-resident synthetic batches (no input pipeline).
+
+    python -m ssd_jax.benchmarks.train_step --config configs/ssd300_voc.py \
+        [--batch_size 32] [--dtypes float32,bfloat16] [--steps 10] [--output train_step.json]
+
+For each compute dtype it reports the compile time and steady-state images/s of
+the full step (normalize, network, matching, loss, gradients, SGD update) and of
+the bare network (forward, backward and update of a plain squared-output loss),
+so the cost of matching and the loss is visible.
+"""
+
+import json
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+from flax import nnx
+from ml_collections import config_flags
+
+from ssd_jax import default_boxes, optim, parallel
+from ssd_jax.data.classes import COCO_CLASSES, VOC_CLASSES
+from ssd_jax.train import build_model
+from ssd_jax.train_step import init_train_state, make_train_step, normalize_images
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/ssd300_voc.py", "Training configuration.")
+flags.DEFINE_integer("batch_size", 8, "Global batch size.")
+flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes to measure.")
+flags.DEFINE_integer("steps", 5, "Timed steps after the first (compiling) one.")
+flags.DEFINE_string("output", "train_step.json", "Where to write the JSON results.")
+
+
+def synthetic_batch(batch_size: int, image_size: int, max_boxes: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    top_left = rng.uniform(0, 0.7, (batch_size, max_boxes, 2))
+    size = rng.uniform(0.05, 0.3, (batch_size, max_boxes, 2))
+    return {
+        "image": rng.integers(0, 256, (batch_size, image_size, image_size, 3), np.uint8),
+        "boxes": np.concatenate([top_left, top_left + size], -1).astype(np.float32),
+        "labels": rng.integers(1, 21, (batch_size, max_boxes)).astype(np.int32),
+        "mask": np.arange(max_boxes)[None].repeat(batch_size, 0)
+        < rng.integers(1, 8, (batch_size, 1)),
+    }
+
+
+def time_step(step, state, batch, num_steps: int) -> tuple[float, float]:
+    """(compile seconds, images per second) of ``step(state, batch) -> (state, out)``."""
+    start = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    state, out = compiled(state, batch)  # warm-up
+    jax.block_until_ready(out)
+    start = time.perf_counter()
+    for _ in range(num_steps):
+        state, out = compiled(state, batch)
+    jax.block_until_ready(out)
+    return compile_s, num_steps * batch["image"].shape[0] / (time.perf_counter() - start)
+
+
+def bare_network_step(graphdef, optimizer, mean, std, dtype):
+    """Forward + backward + update of the network alone (no matching, no SSD loss)."""
+
+    def step(state, batch):
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, state["batch_stats"], copy=True)
+            loc, conf = model(normalize_images(batch["image"], mean, std, dtype))
+            return jnp.mean(loc**2) + jnp.mean(conf**2)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        return {**state, "params": params, "opt_state": opt_state}, loss
+
+    return step
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    config = FLAGS.config
+    mesh = parallel.make_data_mesh()
+    kind = config.data.train.kind
+    num_classes = len(config.data.class_names or (COCO_CLASSES if kind == "coco" else VOC_CLASSES))
+    spec = default_boxes.preset(config.model.default_boxes or config.model.architecture)
+    priors = default_boxes.generate(spec)
+    batch = parallel.shard_batch(
+        synthetic_batch(FLAGS.batch_size, spec.image_size, config.data.max_boxes), mesh
+    )
+    schedule = optim.step_schedule(1e-3, 1, (), 0.1)
+    optimizer = optim.make_optimizer("sgd", schedule)
+    rows = []
+    print(f"{'dtype':>9} {'part':>8} {'compile s':>10} {'images/s':>9}")
+    for dtype_name in FLAGS.dtypes:
+        config.model.dtype = dtype_name
+        dtype = jnp.dtype(dtype_name)
+        model = build_model(config, num_classes, seed=0)
+        graphdef, state = init_train_state(model, optimizer)
+        state = jax.device_put(state, parallel.replicated(mesh))
+        steps = {
+            "full": make_train_step(
+                graphdef, optimizer, schedule, priors,
+                mean=config.data.mean, std=config.data.std, compute_dtype=dtype,
+            ),
+            "network": bare_network_step(
+                graphdef, optimizer, config.data.mean, config.data.std, dtype
+            ),
+        }  # fmt: skip
+        for part, step in steps.items():
+            compile_s, rate = time_step(jax.jit(step), state, batch, FLAGS.steps)
+            rows.append(
+                {"dtype": dtype_name, "part": part, "compile_s": compile_s, "images_per_s": rate}
+            )
+            print(f"{dtype_name:>9} {part:>8} {compile_s:>10.1f} {rate:>9.1f}", flush=True)
+    result = {
+        "benchmark": "train_step",
+        "model": {
+            "architecture": config.model.architecture,
+            "width": config.model.width,
+            "batch_norm": config.model.batch_norm,
+        },
+        "batch_size": FLAGS.batch_size,
+        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "machine": f"{platform.machine()}, {jax.default_backend()}",
+        "results": rows,
+    }
+    with open(FLAGS.output, "w") as f:
+        json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)
