@@ -75,20 +75,23 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, seed: int) 
     )
 
 
-def _load_backbone(model: SSD, path: str) -> None:
-    """Loads converted VGG16 weights (.npz of ``vgg/...`` state paths)."""
-    weights = np.load(path)
-    state = nnx.state(model.vgg)
-    flat = dict(nnx.to_flat_state(state))
+def load_backbone(model: SSD, path: str) -> None:
+    """Loads converted VGG16 weights into ``model.vgg``: an ``.npz`` whose keys are
+    the trunk's variable paths, e.g. ``vgg/conv1_1/conv/kernel`` (HWIO)."""
+    weights = dict(np.load(path))
+    trunk = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model.vgg)), sep="/")
     for key, value in weights.items():
-        path_key = tuple(key.split("/")[1:])  # drop the leading "vgg"
-        if path_key not in flat:
+        name = key.removeprefix("vgg/")
+        if name not in trunk:
             raise ValueError(f"{path}: {key} is not a VGG16 trunk variable")
-        if flat[path_key].shape != value.shape:
+        if trunk[name].shape != value.shape:
             raise ValueError(
-                f"{path}: {key} has shape {value.shape}, the model {flat[path_key].shape}"
+                f"{path}: {key} has shape {value.shape}, the model {trunk[name].shape}"
             )
-        flat[path_key][...] = jnp.asarray(value)
+        trunk[name] = jnp.asarray(value, trunk[name].dtype)
+    state = nnx.state(model.vgg)
+    nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(trunk, sep="/"))
+    nnx.update(model.vgg, state)
 
 
 def _checkpoint_meta(config, class_names, workdir) -> dict:
@@ -195,7 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     model = build_model(config, len(class_names), config.seed)
     if config.init.backbone and not config.init.checkpoint:
-        _load_backbone(model, config.init.backbone)
+        load_backbone(model, config.init.backbone)
     schedule = optim.step_schedule(
         scaled_learning_rate(config),
         config.optimizer.warmup_steps,

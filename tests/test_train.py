@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
+from flax import nnx, traverse_util
 
 from ssd_jax import default_boxes, optim, parallel, train
 from ssd_jax.data.synthetic import SHAPE_NAMES, SyntheticShapes, write_coco, write_voc
@@ -175,3 +175,27 @@ def test_dataset_configs_start_training_on_local_folders(tmp_path, name, kind):
     train.train_and_evaluate(config, str(tmp_path / "run"))
     records = read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
     assert np.isfinite(records[0]["train/loss"]) and "eval/loss" in records[-1]
+
+
+def test_backbone_weights_load_into_the_trunk(tmp_path):
+    donor = train.SSD("ssd300", 3, width=1 / 16, rngs=nnx.Rngs(1))
+    weights = {
+        f"vgg/{name}": np.asarray(value)
+        for name, value in traverse_util.flatten_dict(
+            nnx.to_pure_dict(nnx.state(donor.vgg)), sep="/"
+        ).items()
+    }
+    np.savez(tmp_path / "vgg.npz", **weights)
+    model = train.SSD("ssd300", 3, width=1 / 16, rngs=nnx.Rngs(0))
+    head_before = np.asarray(model.conf_heads[0].kernel[...]).copy()
+    train.load_backbone(model, str(tmp_path / "vgg.npz"))
+    np.testing.assert_array_equal(
+        model.vgg.conv5_3.conv.kernel[...], donor.vgg.conv5_3.conv.kernel[...]
+    )
+    np.testing.assert_array_equal(
+        model.vgg.conv4_3_norm.scale[...], donor.vgg.conv4_3_norm.scale[...]
+    )
+    np.testing.assert_array_equal(model.conf_heads[0].kernel[...], head_before)  # heads untouched
+    np.savez(tmp_path / "bad.npz", **{"vgg/conv1_1/conv/kernel": np.zeros((3, 3, 3, 1))})
+    with pytest.raises(ValueError, match="has shape"):
+        train.load_backbone(model, str(tmp_path / "bad.npz"))
