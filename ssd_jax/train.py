@@ -280,10 +280,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start_step = int(jax.device_get(state["step"]))
     last_checkpoint = latest
     pending: list[dict] = []
+    truncated = 0  # objects beyond data.max_boxes dropped from this window's images
     window_start, start = time.time(), time.time()
     for step in range(start_step + 1, config.num_steps + 1):
-        batch = _global_batch(next(iterator), mesh)
-        state, metrics = train_step(state, batch)
+        local_batch = next(iterator)
+        truncated += int(local_batch["num_truncated"].sum())
+        state, metrics = train_step(state, _global_batch(local_batch, mesh))
         pending.append(metrics)
 
         if step % config.log_every == 0 or step == config.num_steps:
@@ -297,10 +299,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             }
             summary["learning_rate"] = float(history[-1]["learning_rate"])
             summary["images_per_s"] = images_per_s
+            summary["truncated_objects"] = truncated
             if writer:
                 writer.write(step, summary)
                 _progress(step, config.num_steps, summary, images_per_s, start_step, start)
-            pending, window_start = [], time.time()
+            pending, truncated, window_start = [], 0, time.time()
 
         if step % config.checkpoint_every == 0 or step == config.num_steps:
             save(step)
@@ -313,6 +316,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 print(f"eval at step {step}: loss {result['loss']:.3f}", flush=True)
 
     manager.wait_until_finished()
+    if hasattr(iterator, "close"):  # stops Grain's worker processes
+        iterator.close()
     if writer:
         writer.close()
         plot_learning_curve(writer.jsonl_path, os.path.join(workdir, "learning_curve.png"))
