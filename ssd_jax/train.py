@@ -18,19 +18,27 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from flax import nnx, traverse_util
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from ssd_jax import default_boxes as default_boxes_lib
-from ssd_jax import optim, parallel
+from ssd_jax import optim, parallel, postprocess
 from ssd_jax.configs import scaled_learning_rate
 from ssd_jax.data import pipeline
 from ssd_jax.data.sources import CocoSource, TfdsSource, VocSource
 from ssd_jax.data.synthetic import SHAPE_NAMES, SyntheticShapes
+from ssd_jax.evaluation import voc
 from ssd_jax.metrics_writer import MetricsWriter, plot_learning_curve
 from ssd_jax.models import SSD
-from ssd_jax.train_step import init_train_state, make_eval_loss, make_train_step
+from ssd_jax.train_step import (
+    init_train_state,
+    make_eval_loss,
+    make_train_step,
+    normalize_images,
+)
 
 BATCH_KEYS = ("image", "boxes", "labels", "mask")  # what the device step needs
+EVAL_GT_KEYS = ("boxes", "labels", "mask", "difficult", "is_padding", "height", "width")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -226,6 +234,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         donate_argnums=0,
     )
     eval_loss = jax.jit(make_eval_loss(graphdef, default_boxes, **step_kwargs))
+    detect_fn = jax.jit(
+        make_detect_fn(
+            graphdef,
+            default_boxes,
+            step_kwargs["mean"],
+            step_kwargs["std"],
+            step_kwargs["compute_dtype"],
+        )
+    )
 
     dataset = pipeline.train_dataset(
         train_source,
@@ -311,9 +328,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
         if eval_source is not None and (step % config.eval_every == 0 or step == config.num_steps):
             result = evaluate_loss(eval_loss, state, eval_source, config, image_size, mesh)
+            result.update(evaluate_map(detect_fn, state, eval_source, config, image_size, mesh))
             if writer:
                 writer.write(step, result, prefix="eval")
-                print(f"eval at step {step}: loss {result['loss']:.3f}", flush=True)
+                print(
+                    f"eval at step {step}: loss {result['loss']:.3f} mAP {result['map']:.4f}",
+                    flush=True,
+                )
 
     manager.wait_until_finished()
     if hasattr(iterator, "close"):  # stops Grain's worker processes
@@ -324,8 +345,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return state
 
 
-def evaluate_loss(eval_loss, state, source, config, image_size: int, mesh) -> dict:
-    """Mean loss over the eval split (or its first ``eval_batches`` batches)."""
+def _eval_batches(source, config, image_size: int):
     dataset = pipeline.eval_dataset(
         source,
         image_size=image_size,
@@ -334,13 +354,66 @@ def evaluate_loss(eval_loss, state, source, config, image_size: int, mesh) -> di
         shard_index=jax.process_index(),
         shard_count=jax.process_count(),
     )
-    totals = []
     for index, batch in enumerate(pipeline.make_iterator(dataset)):
         if config.eval_batches and index >= config.eval_batches:
-            break
-        totals.append(eval_loss(state, _global_batch(batch, mesh)))
+            return
+        yield batch
+
+
+def evaluate_loss(eval_loss, state, source, config, image_size: int, mesh) -> dict:
+    """Mean loss over the eval split (or its first ``eval_batches`` batches)."""
+    totals = [
+        eval_loss(state, _global_batch(batch, mesh))
+        for batch in _eval_batches(source, config, image_size)
+    ]
     totals = jax.device_get(totals)
     return {k: float(np.mean([t[k] for t in totals])) for k in totals[0]}
+
+
+def make_detect_fn(graphdef, default_boxes, mean, std, compute_dtype):
+    """``detect(state, images_uint8) -> Detections``: the network in inference mode,
+    then :func:`ssd_jax.postprocess.detect` with the paper's settings."""
+
+    def detect(state, images):
+        model = nnx.merge(graphdef, state["params"], state["batch_stats"], copy=True)
+        model.eval()
+        loc, conf = model(normalize_images(images, mean, std, compute_dtype))
+        return postprocess.detect(loc, conf, default_boxes)
+
+    return detect
+
+
+def evaluate_map(detect_fn, state, source, config, image_size: int, mesh) -> dict:
+    """VOC07 11-point mAP (devkit rules, pixel IoU) over the eval split, or its
+    first ``eval_batches`` batches; detections of all processes are gathered."""
+    ground_truth, detections = [], []
+    for batch in _eval_batches(source, config, image_size):
+        found = detect_fn(state, _global_batch(batch, mesh)["image"])
+        local = {k: np.asarray(v) for k, v in batch.items()}
+        gathered = multihost_utils.process_allgather(
+            {"found": found, "gt": {k: local[k] for k in EVAL_GT_KEYS}}, tiled=True
+        )
+        found, gt = gathered["found"], gathered["gt"]
+        for i in np.nonzero(~gt["is_padding"])[0]:
+            mask, keep = gt["mask"][i], found.valid[i]
+            ground_truth.append(
+                voc.ImageGroundTruth(
+                    gt["boxes"][i][mask],
+                    gt["labels"][i][mask],
+                    gt["difficult"][i][mask],
+                    size=(int(gt["height"][i]), int(gt["width"][i])),
+                )
+            )
+            detections.append(
+                voc.ImageDetections(
+                    found.boxes_xyxy[i][keep], found.scores[i][keep], found.classes[i][keep]
+                )
+            )
+    result = voc.evaluate(ground_truth, detections, len(source.class_names))
+    return {
+        "map": result.map,
+        **{f"ap/{n}": ap for n, ap in zip(source.class_names, result.ap, strict=True)},
+    }
 
 
 def main(argv: list[str]) -> None:
