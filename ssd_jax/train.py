@@ -115,14 +115,18 @@ def _checkpoint_meta(config, class_names, workdir) -> dict:
     }
 
 
-def _initial_state_from_checkpoint(path: str, state: dict) -> dict:
-    """Parameters and BN statistics from another run's latest checkpoint (the
-    optimizer starts afresh). Variables whose shape differs, e.g. the confidence
-    heads of a model with another class count, keep their fresh initialization."""
+def restore_weights(path: str, state: dict, strict: bool = False, step: int | None = None) -> dict:
+    """Parameters and BN statistics of ``state`` from the checkpoint directory
+    ``path`` (its latest step, or ``step``); the optimizer state is left as is.
+
+    With ``strict=False`` (fine-tuning) variables whose shape differs, e.g. the
+    confidence heads of a model with another class count, keep their values;
+    with ``strict=True`` any missing or mismatched variable is an error.
+    """
     manager = ocp.CheckpointManager(os.path.abspath(path))
-    step = manager.latest_step()
+    step = manager.latest_step() if step is None else step
     if step is None:
-        raise ValueError(f"init.checkpoint {path} holds no checkpoint")
+        raise ValueError(f"{path} holds no checkpoint")
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     for part in ("params", "batch_stats"):
         theirs = {}
@@ -133,7 +137,13 @@ def _initial_state_from_checkpoint(path: str, state: dict) -> dict:
         merged = {}
         for key, value in ours.items():
             found = theirs.get(tuple(map(str, key)))
-            merged[key] = found if found is not None and found.shape == value.shape else value
+            if found is not None and found.shape == value.shape:
+                merged[key] = found
+            elif strict:
+                got = "missing" if found is None else f"shape {found.shape}"
+                raise ValueError(f"{path} step {step}: {'/'.join(map(str, key))} is {got}")
+            else:
+                merged[key] = value
         nnx.replace_by_pure_dict(state[part], traverse_util.unflatten_dict(merged))
     return state
 
@@ -276,7 +286,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state = restored["state"]
         logging.info("resumed from %s at step %d", workdir, latest)
     elif config.init.checkpoint:
-        state = _initial_state_from_checkpoint(config.init.checkpoint, state)
+        state = restore_weights(config.init.checkpoint, state)
     state = jax.device_put(state, parallel.replicated(mesh))
 
     def save(step: int) -> None:

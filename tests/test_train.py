@@ -199,3 +199,21 @@ def test_backbone_weights_load_into_the_trunk(tmp_path):
     np.savez(tmp_path / "bad.npz", **{"vgg/conv1_1/conv/kernel": np.zeros((3, 3, 3, 1))})
     with pytest.raises(ValueError, match="has shape"):
         train.load_backbone(model, str(tmp_path / "bad.npz"))
+
+
+def test_evaluate_command_scores_a_checkpoint(tmp_path):
+    config = load_config("tiny")
+    config.num_steps = 3
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    output = tmp_path / "eval.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "ssd_jax.evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoints"),
+         "--output", str(output)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    import json
+
+    scores = json.loads(output.read_text())
+    assert set(scores) == {"map", "ap/circle", "ap/square", "ap/triangle"}
+    assert 0 <= scores["map"] <= 1 and "triangle" in result.stdout
