@@ -123,11 +123,23 @@ def restore_weights(path: str, state: dict, strict: bool = False, step: int | No
     confidence heads of a model with another class count, keep their values;
     with ``strict=True`` any missing or mismatched variable is an error.
     """
-    manager = ocp.CheckpointManager(os.path.abspath(path))
+    manager = ocp.CheckpointManager(
+        os.path.abspath(path), item_handlers={"state": ocp.StandardCheckpointHandler()}
+    )
     step = manager.latest_step() if step is None else step
     if step is None:
         raise ValueError(f"{path} holds no checkpoint")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    # The checkpoint's own tree, placed on this process's first device: it may
+    # have been written on another number of devices or with another optimizer.
+    on_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_device),
+        manager.item_metadata(step)["state"],
+        is_leaf=lambda x: hasattr(x, "shape"),
+    )
+    restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+    )
     for part in ("params", "batch_stats"):
         theirs = {}
         for key, value in traverse_util.flatten_dict(restored["state"][part]).items():
