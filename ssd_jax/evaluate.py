@@ -26,29 +26,32 @@ from ssd_jax.train import build_model, build_source, evaluate_map, make_detect_f
 from ssd_jax.train_step import init_train_state
 
 
-def checkpoint_config(checkpoint_dir: str, step: int | None = None) -> ml_collections.ConfigDict:
-    """The training configuration saved with a checkpoint."""
+def checkpoint_meta(checkpoint_dir: str, step: int | None = None) -> dict:
+    """What was saved beside the weights: ``config``, ``class_names``, ``mean``,
+    ``std``, ``architecture``, ``default_boxes``."""
     manager = ocp.CheckpointManager(os.path.abspath(checkpoint_dir))
     step = manager.latest_step() if step is None else step
     if step is None:
         raise ValueError(f"{checkpoint_dir} holds no checkpoint")
-    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    return ml_collections.ConfigDict(meta["config"])
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
-def evaluate_checkpoint(
-    checkpoint_dir: str, config: ml_collections.ConfigDict, step: int | None = None
-) -> dict:
-    """VOC mAP and per-class AP of a checkpoint on ``config.data.eval``."""
-    mesh = parallel.make_data_mesh()
-    class_names = tuple(config.data.class_names) if config.data.class_names else None
-    source = build_source(config.data.eval, class_names)
+def checkpoint_config(checkpoint_dir: str, step: int | None = None) -> ml_collections.ConfigDict:
+    """The training configuration saved with a checkpoint."""
+    return ml_collections.ConfigDict(checkpoint_meta(checkpoint_dir, step)["config"])
+
+
+def load_for_inference(
+    checkpoint_dir: str, config: ml_collections.ConfigDict, num_classes: int, step: int | None
+):
+    """``(detect, state, image_size)``: the jitted ``detect(state, uint8 images)``
+    (network in inference mode, decode, NMS) and the restored, replicated state."""
     spec = default_boxes_lib.preset(config.model.default_boxes or config.model.architecture)
-    model = build_model(config, len(source.class_names), config.seed)
+    model = build_model(config, num_classes, config.seed)
     optimizer = optim.make_optimizer("sgd", optim.step_schedule(0.0, 1, (), 1.0))
     graphdef, state = init_train_state(model, optimizer)
     state = restore_weights(checkpoint_dir, state, strict=True, step=step)
-    state = jax.device_put(state, parallel.replicated(mesh))
+    state = jax.device_put(state, parallel.replicated(parallel.make_data_mesh()))
     detect = jax.jit(
         make_detect_fn(
             graphdef,
@@ -58,7 +61,20 @@ def evaluate_checkpoint(
             jnp.dtype(config.model.dtype),
         )
     )
-    return evaluate_map(detect, state, source, config, spec.image_size, mesh)
+    return detect, state, spec.image_size
+
+
+def evaluate_checkpoint(
+    checkpoint_dir: str, config: ml_collections.ConfigDict, step: int | None = None
+) -> dict:
+    """VOC mAP and per-class AP of a checkpoint on ``config.data.eval``."""
+    class_names = tuple(config.data.class_names) if config.data.class_names else None
+    source = build_source(config.data.eval, class_names)
+    detect, state, image_size = load_for_inference(
+        checkpoint_dir, config, len(source.class_names), step
+    )
+    mesh = parallel.make_data_mesh()
+    return evaluate_map(detect, state, source, config, image_size, mesh)
 
 
 def main(argv: list[str]) -> None:
