@@ -208,3 +208,44 @@ def test_real_ssd300_detections_on_voc2007_test():
     np.testing.assert_allclose(result.ap, expected, atol=1e-12)
     print("VOC07 11-point mAP:", result.map)
     assert result.map == pytest.approx(0.6144, abs=5e-5)
+
+
+def test_perfect_network_outputs_score_a_perfect_map():
+    """Targets from matching, fed back as network outputs, must decode, survive NMS
+    and match their own ground truth: the box conventions of matching, encoding,
+    postprocessing and the evaluator agree end to end."""
+    import jax
+    import jax.numpy as jnp
+
+    from ssd_jax import default_boxes, matching, postprocess
+    from ssd_jax.data import pipeline
+    from ssd_jax.data.synthetic import SyntheticShapes
+
+    source = SyntheticShapes(16, num_classes=4, image_size=(120, 160), max_objects=3, seed=11)
+    batch = next(
+        pipeline.make_iterator(
+            pipeline.eval_dataset(source, image_size=300, batch_size=16, max_boxes=8)
+        )
+    )
+    priors = jnp.asarray(default_boxes.generate(default_boxes.preset("ssd300")))
+    labels, deltas = matching.match_batch(batch["boxes"], batch["labels"], batch["mask"], priors)
+    logits = 20.0 * jax.nn.one_hot(labels, 5)  # certain of the matched class (or background)
+    found = jax.device_get(postprocess.detect(deltas, logits, priors))
+    gts, dets = [], []
+    for i in range(16):
+        mask, keep = batch["mask"][i], found.valid[i]
+        gts.append(
+            voc.ImageGroundTruth(
+                batch["boxes"][i][mask],
+                batch["labels"][i][mask],
+                batch["difficult"][i][mask],
+                size=(120, 160),
+            )
+        )
+        dets.append(
+            voc.ImageDetections(
+                found.boxes_xyxy[i][keep], found.scores[i][keep], found.classes[i][keep]
+            )
+        )
+    result = voc.evaluate(gts, dets, num_classes=4)
+    assert result.map > 0.97, result.ap

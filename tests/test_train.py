@@ -201,13 +201,20 @@ def test_backbone_weights_load_into_the_trunk(tmp_path):
         train.load_backbone(model, str(tmp_path / "bad.npz"))
 
 
-def test_evaluate_command_scores_a_checkpoint(tmp_path):
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """configs/tiny.py trained for 3 steps: a workdir with checkpoints."""
     config = load_config("tiny")
     config.num_steps = 3
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    workdir = tmp_path_factory.mktemp("trained") / "run"
+    train.train_and_evaluate(config, str(workdir))
+    return workdir
+
+
+def test_evaluate_command_scores_a_checkpoint(tmp_path, trained_run):
     output = tmp_path / "eval.json"
     result = subprocess.run(
-        [sys.executable, "-m", "ssd_jax.evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoints"),
+        [sys.executable, "-m", "ssd_jax.evaluate", "--checkpoint", str(trained_run / "checkpoints"),
          "--output", str(output)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -219,14 +226,11 @@ def test_evaluate_command_scores_a_checkpoint(tmp_path):
     assert 0 <= scores["map"] <= 1 and "triangle" in result.stdout
 
 
-def test_predict_command_draws_detections_and_skips_bad_files(tmp_path):
+def test_predict_command_draws_detections_and_skips_bad_files(tmp_path, trained_run):
     import json
 
     import cv2
 
-    config = load_config("tiny")
-    config.num_steps = 2
-    train.train_and_evaluate(config, str(tmp_path / "run"))
     images = tmp_path / "images"
     images.mkdir()
     example = SyntheticShapes(1, num_classes=3, image_size=(90, 140), seed=5)[0]
@@ -234,7 +238,7 @@ def test_predict_command_draws_detections_and_skips_bad_files(tmp_path):
     (images / "broken.jpg").write_bytes(b"not an image")
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "ssd_jax.predict", "--checkpoint", str(tmp_path / "run" / "checkpoints"),
+        [sys.executable, "-m", "ssd_jax.predict", "--checkpoint", str(trained_run / "checkpoints"),
          "--input", str(images), "--output", str(out), "--score_threshold", "0.0"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
