@@ -22,8 +22,8 @@ from ml_collections import config_flags
 
 from ssd_jax import default_boxes as default_boxes_lib
 from ssd_jax import optim, parallel
-from ssd_jax.train import build_model, build_source, evaluate_map, make_detect_fn, restore_weights
-from ssd_jax.train_step import init_train_state
+from ssd_jax.train import build_model, build_source, evaluate_map, restore_weights, step_settings
+from ssd_jax.train_step import init_train_state, make_detect_fn
 
 
 def checkpoint_meta(checkpoint_dir: str, step: int | None = None) -> dict:
@@ -52,15 +52,8 @@ def load_for_inference(
     graphdef, state = init_train_state(model, optimizer)
     state = restore_weights(checkpoint_dir, state, strict=True, step=step)
     state = jax.device_put(state, parallel.replicated(parallel.make_data_mesh()))
-    detect = jax.jit(
-        make_detect_fn(
-            graphdef,
-            jnp.asarray(default_boxes_lib.generate(spec)),
-            tuple(config.data.mean),
-            tuple(config.data.std),
-            jnp.dtype(config.model.dtype),
-        )
-    )
+    settings = step_settings(config, jnp.asarray(default_boxes_lib.generate(spec)))
+    detect = jax.jit(make_detect_fn(graphdef, settings))
     return detect, state, spec.image_size
 
 

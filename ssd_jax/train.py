@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from ssd_jax import default_boxes as default_boxes_lib
-from ssd_jax import optim, parallel, postprocess
+from ssd_jax import optim, parallel
 from ssd_jax.configs import scaled_learning_rate
 from ssd_jax.data import pipeline
 from ssd_jax.data.sources import CocoSource, TfdsSource, VocSource
@@ -31,10 +31,11 @@ from ssd_jax.evaluation import voc
 from ssd_jax.metrics_writer import MetricsWriter, plot_learning_curve
 from ssd_jax.models import SSD
 from ssd_jax.train_step import (
+    StepSettings,
     init_train_state,
+    make_detect_fn,
     make_eval_loss,
     make_train_step,
-    normalize_images,
 )
 
 BATCH_KEYS = ("image", "boxes", "labels", "mask")  # what the device step needs
@@ -100,6 +101,19 @@ def load_backbone(model: SSD, path: str) -> None:
     state = nnx.state(model.vgg)
     nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(trunk, sep="/"))
     nnx.update(model.vgg, state)
+
+
+def step_settings(config: ml_collections.ConfigDict, default_boxes: jax.Array) -> StepSettings:
+    """The device steps' settings from a training config."""
+    return StepSettings(
+        default_boxes,
+        mean=tuple(config.data.mean),
+        std=tuple(config.data.std),
+        compute_dtype=jnp.dtype(config.model.dtype),
+        iou_threshold=config.loss.iou_threshold,
+        neg_pos_ratio=config.loss.neg_pos_ratio,
+        alpha=config.loss.alpha,
+    )
 
 
 def _checkpoint_meta(config, class_names, workdir) -> dict:
@@ -243,28 +257,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         config.optimizer.grad_clip_norm or None,
     )
     graphdef, state = init_train_state(model, optimizer)
-    step_kwargs = dict(
-        mean=tuple(config.data.mean),
-        std=tuple(config.data.std),
-        compute_dtype=jnp.dtype(config.model.dtype),
-        iou_threshold=config.loss.iou_threshold,
-        neg_pos_ratio=config.loss.neg_pos_ratio,
-        alpha=config.loss.alpha,
-    )
-    train_step = jax.jit(
-        make_train_step(graphdef, optimizer, schedule, default_boxes, **step_kwargs),
-        donate_argnums=0,
-    )
-    eval_loss = jax.jit(make_eval_loss(graphdef, default_boxes, **step_kwargs))
-    detect_fn = jax.jit(
-        make_detect_fn(
-            graphdef,
-            default_boxes,
-            step_kwargs["mean"],
-            step_kwargs["std"],
-            step_kwargs["compute_dtype"],
-        )
-    )
+    settings = step_settings(config, default_boxes)
+    train_step = jax.jit(make_train_step(graphdef, optimizer, schedule, settings), donate_argnums=0)
+    eval_loss = jax.jit(make_eval_loss(graphdef, settings))
+    detect_fn = jax.jit(make_detect_fn(graphdef, settings))
 
     dataset = pipeline.train_dataset(
         train_source,
@@ -390,19 +386,6 @@ def evaluate_loss(eval_loss, state, source, config, image_size: int, mesh) -> di
     ]
     totals = jax.device_get(totals)
     return {k: float(np.mean([t[k] for t in totals])) for k in totals[0]}
-
-
-def make_detect_fn(graphdef, default_boxes, mean, std, compute_dtype):
-    """``detect(state, images_uint8) -> Detections``: the network in inference mode,
-    then :func:`ssd_jax.postprocess.detect` with the paper's settings."""
-
-    def detect(state, images):
-        model = nnx.merge(graphdef, state["params"], state["batch_stats"], copy=True)
-        model.eval()
-        loc, conf = model(normalize_images(images, mean, std, compute_dtype))
-        return postprocess.detect(loc, conf, default_boxes)
-
-    return detect
 
 
 def evaluate_map(detect_fn, state, source, config, image_size: int, mesh) -> dict:

@@ -7,16 +7,18 @@ the optax update. Its metrics stay on the device until the host asks for them.
 """
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from ssd_jax import postprocess
 from ssd_jax.data.pipeline import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from ssd_jax.losses import multibox_loss
 from ssd_jax.matching import match_batch
+from ssd_jax.postprocess import Detections
 
 TrainState = dict[str, Any]
 """``{"params", "batch_stats", "opt_state", "step"}``: the model's nnx.Param and
@@ -44,59 +46,48 @@ def init_train_state(model: nnx.Module, optimizer: optax.GradientTransformation)
     return graphdef, state
 
 
-def _ssd_loss(
-    model: nnx.Module,
-    batch: dict,
-    default_boxes_cxcywh: jax.Array,
-    mean: Sequence[float],
-    std: Sequence[float],
-    compute_dtype: jnp.dtype,
-    iou_threshold: float,
-    neg_pos_ratio: float,
-    alpha: float,
-) -> tuple[jax.Array, dict]:
-    images = normalize_images(batch["image"], mean, std, compute_dtype)
-    loc, conf = model(images)
+class StepSettings(NamedTuple):
+    """What the device steps need besides the model: default boxes (A, 4) cxcywh,
+    input normalization (0-255 RGB mean/std), compute dtype and loss settings."""
+
+    default_boxes_cxcywh: jax.Array
+    mean: Sequence[float] = IMAGENET_MEAN_RGB
+    std: Sequence[float] = IMAGENET_STD_RGB
+    compute_dtype: jnp.dtype = jnp.float32
+    iou_threshold: float = 0.5
+    neg_pos_ratio: float = 3.0
+    alpha: float = 1.0
+
+    def network_input(self, images: jax.Array) -> jax.Array:
+        return normalize_images(images, self.mean, self.std, self.compute_dtype)
+
+
+def _ssd_loss(model: nnx.Module, batch: dict, settings: StepSettings) -> tuple[jax.Array, dict]:
+    loc, conf = model(settings.network_input(batch["image"]))
+    priors = jnp.asarray(settings.default_boxes_cxcywh, jnp.float32)
     labels, deltas = match_batch(
-        batch["boxes"], batch["labels"], batch["mask"], default_boxes_cxcywh, iou_threshold
+        batch["boxes"], batch["labels"], batch["mask"], priors, settings.iou_threshold
     )
-    return multibox_loss(loc, conf, labels, deltas, neg_pos_ratio, alpha)
+    return multibox_loss(loc, conf, labels, deltas, settings.neg_pos_ratio, settings.alpha)
 
 
 def make_train_step(
     graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
-    default_boxes_cxcywh: jax.Array,
-    *,
-    mean: Sequence[float] = IMAGENET_MEAN_RGB,
-    std: Sequence[float] = IMAGENET_STD_RGB,
-    compute_dtype: jnp.dtype = jnp.float32,
-    iou_threshold: float = 0.5,
-    neg_pos_ratio: float = 3.0,
-    alpha: float = 1.0,
+    settings: StepSettings,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """``train_step(state, batch) -> (state, metrics)``, not yet jitted.
 
     ``batch`` holds ``image`` uint8 (B, S, S, 3), ``boxes`` (B, M, 4), ``labels`` and
     ``mask`` (B, M). ``metrics``: loss, loc, conf, num_pos, learning_rate, grad_norm.
     """
-    default_boxes_cxcywh = jnp.asarray(default_boxes_cxcywh, jnp.float32)
-    loss_args = (
-        default_boxes_cxcywh,
-        mean,
-        std,
-        compute_dtype,
-        iou_threshold,
-        neg_pos_ratio,
-        alpha,
-    )
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         def loss_fn(params):
             # copy: fresh Variables at this trace level, which BatchNorm may update
             model = nnx.merge(graphdef, params, state["batch_stats"], copy=True)
-            loss, parts = _ssd_loss(model, batch, *loss_args)
+            loss, parts = _ssd_loss(model, batch, settings)
             return loss, (parts, nnx.state(model, nnx.BatchStat))
 
         (loss, (parts, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -120,34 +111,35 @@ def make_train_step(
     return train_step
 
 
+def _inference_model(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
+    """The model with BatchNorm on its running statistics."""
+    model = nnx.merge(graphdef, state["params"], state["batch_stats"], copy=True)
+    model.eval()
+    return model
+
+
 def make_eval_loss(
-    graphdef: nnx.GraphDef,
-    default_boxes_cxcywh: jax.Array,
-    *,
-    mean: Sequence[float] = IMAGENET_MEAN_RGB,
-    std: Sequence[float] = IMAGENET_STD_RGB,
-    compute_dtype: jnp.dtype = jnp.float32,
-    iou_threshold: float = 0.5,
-    neg_pos_ratio: float = 3.0,
-    alpha: float = 1.0,
+    graphdef: nnx.GraphDef, settings: StepSettings
 ) -> Callable[[TrainState, dict], dict]:
     """``eval_loss(state, batch) -> {"loss", "loc", "conf", "num_pos"}`` with
     BatchNorm in inference mode (running statistics)."""
-    default_boxes_cxcywh = jnp.asarray(default_boxes_cxcywh, jnp.float32)
-    loss_args = (
-        default_boxes_cxcywh,
-        mean,
-        std,
-        compute_dtype,
-        iou_threshold,
-        neg_pos_ratio,
-        alpha,
-    )
 
     def eval_loss(state: TrainState, batch: dict) -> dict:
-        model = nnx.merge(graphdef, state["params"], state["batch_stats"], copy=True)
-        model.eval()
-        loss, parts = _ssd_loss(model, batch, *loss_args)
+        loss, parts = _ssd_loss(_inference_model(graphdef, state), batch, settings)
         return {"loss": loss, **parts}
 
     return eval_loss
+
+
+def make_detect_fn(
+    graphdef: nnx.GraphDef, settings: StepSettings
+) -> Callable[[TrainState, jax.Array], Detections]:
+    """``detect(state, images) -> Detections`` for uint8 (B, S, S, 3) images: the
+    network in inference mode, then :func:`ssd_jax.postprocess.detect` with the
+    paper's settings."""
+
+    def detect(state: TrainState, images: jax.Array) -> Detections:
+        loc, conf = _inference_model(graphdef, state)(settings.network_input(images))
+        return postprocess.detect(loc, conf, jnp.asarray(settings.default_boxes_cxcywh))
+
+    return detect

@@ -13,7 +13,7 @@ from flax import nnx, traverse_util
 from ssd_jax import default_boxes, optim, parallel, train
 from ssd_jax.data.synthetic import SHAPE_NAMES, SyntheticShapes, write_coco, write_voc
 from ssd_jax.metrics_writer import read_metrics
-from ssd_jax.train_step import init_train_state, make_train_step
+from ssd_jax.train_step import StepSettings, init_train_state, make_train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,7 +91,7 @@ def test_sharded_train_step_equals_single_device_step(batch_norm):
     optimizer = optim.make_optimizer("sgd", schedule)
     graphdef, state = init_train_state(model, optimizer)
     priors = default_boxes.generate(default_boxes.preset("ssd300"))
-    step = jax.jit(make_train_step(graphdef, optimizer, schedule, priors))
+    step = jax.jit(make_train_step(graphdef, optimizer, schedule, StepSettings(priors)))
     batch = tiny_batch(8)
     device = jax.devices()[0]
     one_state, one_metrics = step(jax.device_put(state, device), jax.device_put(batch, device))

@@ -23,8 +23,8 @@ from ml_collections import config_flags
 
 from ssd_jax import default_boxes, optim, parallel
 from ssd_jax.data.classes import COCO_CLASSES, VOC_CLASSES
-from ssd_jax.train import build_model
-from ssd_jax.train_step import init_train_state, make_train_step, normalize_images
+from ssd_jax.train import build_model, step_settings
+from ssd_jax.train_step import StepSettings, init_train_state, make_train_step
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/ssd300_voc.py", "Training configuration.")
@@ -61,13 +61,13 @@ def time_step(step, state, batch, num_steps: int) -> tuple[float, float]:
     return compile_s, num_steps * batch["image"].shape[0] / (time.perf_counter() - start)
 
 
-def bare_network_step(graphdef, optimizer, mean, std, dtype):
+def bare_network_step(graphdef, optimizer, settings: StepSettings):
     """Forward + backward + update of the network alone (no matching, no SSD loss)."""
 
     def step(state, batch):
         def loss_fn(params):
             model = nnx.merge(graphdef, params, state["batch_stats"], copy=True)
-            loc, conf = model(normalize_images(batch["image"], mean, std, dtype))
+            loc, conf = model(settings.network_input(batch["image"]))
             return jnp.mean(loc**2) + jnp.mean(conf**2)
 
         loss, grads = jax.value_and_grad(loss_fn)(state["params"])
@@ -95,19 +95,14 @@ def main(argv: list[str]) -> None:
     print(f"{'dtype':>9} {'part':>8} {'compile s':>10} {'images/s':>9}")
     for dtype_name in FLAGS.dtypes:
         config.model.dtype = dtype_name
-        dtype = jnp.dtype(dtype_name)
         model = build_model(config, num_classes, seed=0)
         graphdef, state = init_train_state(model, optimizer)
         state = jax.device_put(state, parallel.replicated(mesh))
+        settings = step_settings(config, priors)
         steps = {
-            "full": make_train_step(
-                graphdef, optimizer, schedule, priors,
-                mean=config.data.mean, std=config.data.std, compute_dtype=dtype,
-            ),
-            "network": bare_network_step(
-                graphdef, optimizer, config.data.mean, config.data.std, dtype
-            ),
-        }  # fmt: skip
+            "full": make_train_step(graphdef, optimizer, schedule, settings),
+            "network": bare_network_step(graphdef, optimizer, settings),
+        }
         for part, step in steps.items():
             compile_s, rate = time_step(jax.jit(step), state, batch, FLAGS.steps)
             rows.append(
