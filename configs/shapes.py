@@ -5,7 +5,8 @@ scratch on the synthetic shapes dataset, on a 2-core CPU in about 10 minutes.
 
 Without an ImageNet backbone the trunk starts random: BatchNorm and gradient
 clipping keep the first steps stable (plain VGG from scratch has gradient norms
-around 1e5 at step 1 because the L2-normalized conv4_3 amplifies them).
+around 1e5 at step 1 because the L2-normalized conv4_3 amplifies them), and
+Adam converges much faster than the paper's SGD here.
 """
 
 from ssd_jax.configs import base_config
@@ -26,6 +27,7 @@ def get_config():
     config.data.num_workers = 1
     config.batch_size = 16
     config.num_steps = 300
+    config.optimizer.name = "adam"  # from scratch, Adam gets to loss 7 in 120 steps, SGD in ~350
     config.optimizer.learning_rate = 2e-3  # x 16/32 for batch 16
     config.optimizer.warmup_steps = 50
     config.optimizer.milestones = (220, 270)
