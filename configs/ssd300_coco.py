@@ -18,6 +18,7 @@ def get_config():
     config.data.eval.kind = "coco"
     config.data.eval.annotation_file = "coco/annotations/instances_val2017.json"
     config.data.eval.image_dir = "coco/val2017"
+    config.eval_metric = "coco"
     config.num_steps = 400_000
     config.optimizer.milestones = (280_000, 360_000)
     return config

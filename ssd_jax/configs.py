@@ -16,7 +16,8 @@ def data_config(kind: str = "voc") -> ml_collections.ConfigDict:
     ``kind``: ``"voc"`` (``voc_splits``: list of "root:split"), ``"coco"``
     (``annotation_file``, ``image_dir``), ``"tfds"`` (``tfds_name``, ``tfds_split``,
     ``data_dir``) or ``"synthetic"`` (``num_images``, ``seed``, ``image_height``,
-    ``image_width``, ``max_objects``).
+    ``image_width``, ``max_objects``, ``min_size``, ``max_size``: shape diameters
+    as fractions of the shorter side).
     """
     return ml_collections.ConfigDict({
         "kind": kind,
@@ -31,6 +32,8 @@ def data_config(kind: str = "voc") -> ml_collections.ConfigDict:
         "image_height": 300,
         "image_width": 300,
         "max_objects": 6,
+        "min_size": 0.03,
+        "max_size": 0.9,
     })  # fmt: skip
 
 
@@ -88,6 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3
     config.eval_every = 5_000
     config.eval_batches = 0  # 0 = the whole eval split
+    config.eval_metric = "voc"  # "voc" (VOC07 11-point and all-point mAP) or "coco"
     config.distributed = False  # call jax.distributed.initialize() (multi-host)
     return config
 

@@ -125,6 +125,19 @@ def generate(spec: DefaultBoxSpec) -> np.ndarray:
     return boxes.astype(np.float32)
 
 
+def location_slice(spec: DefaultBoxSpec, feature_map: int, row: int, col: int) -> slice:
+    """The rows of :func:`generate` (and of the head outputs) that hold the default
+    boxes centred at cell (``row``, ``col``) of source feature map ``feature_map``."""
+    size = spec.feature_map_sizes[feature_map]
+    if not (0 <= row < size and 0 <= col < size):
+        raise ValueError(f"cell ({row}, {col}) is outside feature map {feature_map} ({size}²)")
+    slots = spec.boxes_per_location
+    earlier = zip(spec.feature_map_sizes[:feature_map], slots, strict=False)
+    start = sum(n * n * k for n, k in earlier)
+    start += (row * size + col) * slots[feature_map]
+    return slice(start, start + slots[feature_map])
+
+
 def _pytorch_ssd_spec(
     image_size: int,
     feature_map_sizes: tuple[int, ...],

@@ -1,4 +1,4 @@
-"""Evaluates a trained checkpoint on its eval split with the VOC metric.
+"""Evaluates a trained checkpoint on its eval split (VOC or COCO metric).
 
     python -m ssd_jax.evaluate --checkpoint runs/shapes/checkpoints [--step N] [--output eval.json]
     python -m ssd_jax.evaluate --checkpoint DIR --config configs/ssd300_voc.py \
@@ -6,8 +6,9 @@
 
 The training configuration travels with the checkpoint (its ``meta`` item) and is
 used unless ``--config`` (with its ``--config.*`` overrides) is given, e.g. to
-point at the data. Prints the per-class AP table and the VOC07 11-point mAP, and
-writes them as JSON.
+point at the data. Prints the per-class AP table and the summary (VOC07 11-point
+and all-point mAP), and writes them as JSON. ``--metric coco`` scores with the COCO metric instead
+(the configuration's ``eval_metric`` by default).
 """
 
 import json
@@ -22,7 +23,13 @@ from ml_collections import config_flags
 
 from ssd_jax import default_boxes as default_boxes_lib
 from ssd_jax import optim, parallel
-from ssd_jax.train import build_model, build_source, evaluate_map, restore_weights, step_settings
+from ssd_jax.train import (
+    build_model,
+    build_source,
+    evaluate_detections,
+    restore_weights,
+    step_settings,
+)
 from ssd_jax.train_step import init_train_state, make_detect_fn
 
 
@@ -60,14 +67,25 @@ def load_for_inference(
 def evaluate_checkpoint(
     checkpoint_dir: str, config: ml_collections.ConfigDict, step: int | None = None
 ) -> dict:
-    """VOC mAP and per-class AP of a checkpoint on ``config.data.eval``."""
+    """``config.eval_metric`` (VOC mAP or COCO AP, with per-class AP) of a checkpoint
+    on ``config.data.eval``; see :func:`ssd_jax.evaluation.scoring.score`."""
     class_names = tuple(config.data.class_names) if config.data.class_names else None
     source = build_source(config.data.eval, class_names)
     detect, state, image_size = load_for_inference(
         checkpoint_dir, config, len(source.class_names), step
     )
     mesh = parallel.make_data_mesh()
-    return evaluate_map(detect, state, source, config, image_size, mesh)
+    return evaluate_detections(detect, state, source, config, image_size, mesh)
+
+
+def format_table(result: dict[str, float]) -> str:
+    """Per-class AP, then the summary numbers, one per line."""
+    per_class = {k.removeprefix("ap/"): v for k, v in result.items() if k.startswith("ap/")}
+    summary = {k: v for k, v in result.items() if not k.startswith("ap/")}
+    width = max(len(name) for name in [*per_class, *summary, "class"])
+    lines = [f"{'class':<{width}}  AP", *(f"{n:<{width}}  {v:.4f}" for n, v in per_class.items())]
+    lines += ["-" * (width + 8), *(f"{n:<{width}}  {v:.4f}" for n, v in summary.items())]
+    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> None:
@@ -75,10 +93,9 @@ def main(argv: list[str]) -> None:
     config = FLAGS.config or checkpoint_config(FLAGS.checkpoint, FLAGS.step)
     with config.unlocked():
         config.eval_batches = 0  # the whole eval split
+        config.eval_metric = FLAGS.metric or config.get("eval_metric", "voc")
     result = evaluate_checkpoint(FLAGS.checkpoint, config, FLAGS.step)
-    width = max(len(name) for name in result)
-    for name, value in result.items():
-        print(f"{name.removeprefix('ap/'):<{width}} {value:.4f}")
+    print(format_table(result))
     with open(FLAGS.output, "w") as f:
         json.dump(result, f, indent=2)
 
@@ -88,6 +105,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("checkpoint", None, "Checkpoint directory (a workdir's checkpoints/).")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
     flags.DEFINE_string("output", "eval.json", "Where to write the JSON results.")
+    flags.DEFINE_enum("metric", None, ["voc", "coco"], "Metric (default: the config's).")
     config_flags.DEFINE_config_file("config", None, "Configuration (default: the checkpoint's).")
     flags.mark_flags_as_required(["checkpoint"])
     app.run(main)

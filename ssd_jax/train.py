@@ -27,7 +27,7 @@ from ssd_jax.configs import scaled_learning_rate
 from ssd_jax.data import pipeline
 from ssd_jax.data.sources import CocoSource, TfdsSource, VocSource
 from ssd_jax.data.synthetic import SHAPE_NAMES, SyntheticShapes
-from ssd_jax.evaluation import voc
+from ssd_jax.evaluation import scoring
 from ssd_jax.metrics_writer import MetricsWriter, plot_learning_curve
 from ssd_jax.models import SSD
 from ssd_jax.train_step import (
@@ -39,7 +39,9 @@ from ssd_jax.train_step import (
 )
 
 BATCH_KEYS = ("image", "boxes", "labels", "mask")  # what the device step needs
-EVAL_GT_KEYS = ("boxes", "labels", "mask", "difficult", "is_padding", "height", "width")
+EVAL_GT_KEYS = (
+    "boxes", "labels", "mask", "difficult", "is_crowd", "is_padding", "height", "width", "image_id"
+)  # fmt: skip
 
 
 class NonFiniteLossError(RuntimeError):
@@ -67,6 +69,8 @@ def build_source(data: ml_collections.ConfigDict, class_names: tuple[str, ...] |
             image_size=(data.image_height, data.image_width),
             max_objects=data.max_objects,
             seed=data.seed,
+            min_size=data.min_size,
+            max_size=data.max_size,
         )
     raise ValueError(f"unknown data kind {data.kind!r}: voc, coco, tfds or synthetic")
 
@@ -346,13 +350,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
         if eval_source is not None and (step % config.eval_every == 0 or step == config.num_steps):
             result = evaluate_loss(eval_loss, state, eval_source, config, image_size, mesh)
-            result.update(evaluate_map(detect_fn, state, eval_source, config, image_size, mesh))
+            result.update(
+                evaluate_detections(detect_fn, state, eval_source, config, image_size, mesh)
+            )
             if writer:
                 writer.write(step, result, prefix="eval")
-                print(
-                    f"eval at step {step}: loss {result['loss']:.3f} mAP {result['map']:.4f}",
-                    flush=True,
-                )
+                name, value = scoring.headline(result)
+                loss = result["loss"]
+                print(f"eval at step {step}: loss {loss:.3f} {name} {value:.4f}", flush=True)
 
     manager.wait_until_finished()
     if hasattr(iterator, "close"):  # stops Grain's worker processes
@@ -388,37 +393,25 @@ def evaluate_loss(eval_loss, state, source, config, image_size: int, mesh) -> di
     return {k: float(np.mean([t[k] for t in totals])) for k in totals[0]}
 
 
-def evaluate_map(detect_fn, state, source, config, image_size: int, mesh) -> dict:
-    """VOC07 11-point mAP (devkit rules, pixel IoU) over the eval split, or its
-    first ``eval_batches`` batches; detections of all processes are gathered."""
+def evaluate_detections(detect_fn, state, source, config, image_size: int, mesh) -> dict:
+    """``config.eval_metric`` ("voc" or "coco") over the eval split, or its first
+    ``eval_batches`` batches; detections of all processes are gathered."""
     ground_truth, detections = [], []
     for batch in _eval_batches(source, config, image_size):
         found = detect_fn(state, _global_batch(batch, mesh)["image"])
-        local = {k: np.asarray(v) for k, v in batch.items()}
-        gathered = multihost_utils.process_allgather(
-            {"found": found, "gt": {k: local[k] for k in EVAL_GT_KEYS}}, tiled=True
-        )
-        found, gt = gathered["found"], gathered["gt"]
-        for i in np.nonzero(~gt["is_padding"])[0]:
-            mask, keep = gt["mask"][i], found.valid[i]
-            ground_truth.append(
-                voc.ImageGroundTruth(
-                    gt["boxes"][i][mask],
-                    gt["labels"][i][mask],
-                    gt["difficult"][i][mask],
-                    size=(int(gt["height"][i]), int(gt["width"][i])),
-                )
-            )
-            detections.append(
-                voc.ImageDetections(
-                    found.boxes_xyxy[i][keep], found.scores[i][keep], found.classes[i][keep]
-                )
-            )
-    result = voc.evaluate(ground_truth, detections, len(source.class_names))
-    return {
-        "map": result.map,
-        **{f"ap/{n}": ap for n, ap in zip(source.class_names, result.ap, strict=True)},
-    }
+        local = {k: np.asarray(batch[k]) for k in EVAL_GT_KEYS}
+        gathered = multihost_utils.process_allgather({"found": found, "gt": local}, tiled=True)
+        gts, dets = scoring.batch_records(gathered["gt"], gathered["found"])
+        ground_truth += gts
+        detections += dets
+    return scoring.score(
+        ground_truth,
+        detections,
+        source.class_names,
+        config.eval_metric,
+        category_ids=getattr(source, "category_ids", None),
+        coco_annotation_file=getattr(source, "annotation_file", None),
+    )
 
 
 def main(argv: list[str]) -> None:

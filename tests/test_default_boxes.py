@@ -135,3 +135,21 @@ def test_invalid_spec(change, message):
     )
     with pytest.raises(ValueError, match=message):
         default_boxes.DefaultBoxSpec(**(spec | change))
+
+
+def test_location_slice_finds_the_boxes_of_one_cell():
+    spec = default_boxes.preset("ssd300")
+    boxes = default_boxes.generate(spec)
+    covered = np.zeros(len(boxes), int)
+    for k, size in enumerate(spec.feature_map_sizes):
+        for row in range(size):
+            for col in range(size):
+                where = default_boxes.location_slice(spec, k, row, col)
+                covered[where] += 1
+                assert where.stop - where.start == spec.boxes_per_location[k]
+    assert (covered == 1).all()  # every default box belongs to exactly one cell
+    where = default_boxes.location_slice(spec, 1, 3, 5)  # 19x19 map, step 16
+    np.testing.assert_allclose(boxes[where][:, 0], 5.5 * 16 / 300, rtol=1e-6)
+    np.testing.assert_allclose(boxes[where][:, 1], 3.5 * 16 / 300, rtol=1e-6)
+    with pytest.raises(ValueError, match="outside feature map 5"):
+        default_boxes.location_slice(spec, 5, 1, 0)

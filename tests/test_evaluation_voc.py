@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 
-from ssd_jax.evaluation import voc
+from ssd_jax.evaluation import scoring, voc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DUMP = os.path.join(ROOT, "..", "shared", "data", "voc07_test_ssd300", "detections.npz")
@@ -231,21 +231,7 @@ def test_perfect_network_outputs_score_a_perfect_map():
     labels, deltas = matching.match_batch(batch["boxes"], batch["labels"], batch["mask"], priors)
     logits = 20.0 * jax.nn.one_hot(labels, 5)  # certain of the matched class (or background)
     found = jax.device_get(postprocess.detect(deltas, logits, priors))
-    gts, dets = [], []
-    for i in range(16):
-        mask, keep = batch["mask"][i], found.valid[i]
-        gts.append(
-            voc.ImageGroundTruth(
-                batch["boxes"][i][mask],
-                batch["labels"][i][mask],
-                batch["difficult"][i][mask],
-                size=(120, 160),
-            )
-        )
-        dets.append(
-            voc.ImageDetections(
-                found.boxes_xyxy[i][keep], found.scores[i][keep], found.classes[i][keep]
-            )
-        )
+    gts, dets = scoring.batch_records(batch, found)
+    assert len(gts) == 16 and gts[0].size == (120, 160)
     result = voc.evaluate(gts, dets, num_classes=4)
     assert result.map > 0.97, result.ap

@@ -223,8 +223,17 @@ def test_evaluate_command_scores_a_checkpoint(tmp_path, trained_run):
     import json
 
     scores = json.loads(output.read_text())
-    assert set(scores) == {"map", "ap/circle", "ap/square", "ap/triangle"}
+    assert set(scores) == {"map", "map_area", "ap/circle", "ap/square", "ap/triangle"}
     assert 0 <= scores["map"] <= 1 and "triangle" in result.stdout
+    # the same checkpoint with the COCO metric (ground truth built from the records)
+    result = subprocess.run(
+        [sys.executable, "-m", "ssd_jax.evaluate", "--checkpoint", str(trained_run / "checkpoints"),
+         "--output", str(output), "--metric", "coco"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    scores = json.loads(output.read_text())
+    assert {"AP", "AP50", "AR100", "ap/circle"} <= set(scores) and "AP_small" in result.stdout
 
 
 def test_predict_command_draws_detections_and_skips_bad_files(tmp_path, trained_run):
@@ -237,6 +246,12 @@ def test_predict_command_draws_detections_and_skips_bad_files(tmp_path, trained_
     example = SyntheticShapes(1, num_classes=3, image_size=(90, 140), seed=5)[0]
     cv2.imwrite(str(images / "shapes.png"), cv2.cvtColor(example["image"], cv2.COLOR_RGB2BGR))
     (images / "broken.jpg").write_bytes(b"not an image")
+    (images / "broken.mp4").write_bytes(b"not a video")
+    video = cv2.VideoWriter(str(images / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (140, 90))
+    for k in range(11):  # one full batch of 8 and a padded one
+        frame = SyntheticShapes(11, num_classes=3, image_size=(90, 140), seed=6)[k]["image"]
+        video.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    video.release()
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-m", "ssd_jax.predict", "--checkpoint", str(trained_run / "checkpoints"),
@@ -246,7 +261,13 @@ def test_predict_command_draws_detections_and_skips_bad_files(tmp_path, trained_
     assert result.returncode == 0, result.stderr[-2000:]
     assert "skipped" in result.stdout and "broken.jpg" in result.stdout
     report = json.loads((out / "detections.json").read_text())
-    assert report["skipped"] == [str(images / "broken.jpg")]
+    assert report["skipped"] == [str(images / "broken.jpg"), str(images / "broken.mp4")]
+    frames = [key for key in report["detections"] if "clip.avi#" in key]
+    assert frames == [f"{images / 'clip.avi'}#{k}" for k in range(11)]
+    capture = cv2.VideoCapture(str(out / "clip.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 11
+    ok, first = capture.read()
+    assert ok and first.shape == (90, 140, 3)
     detections = report["detections"][str(images / "shapes.png")]
     assert len(detections) > 0  # threshold 0: the untrained model still ranks boxes
     for d in detections:
@@ -255,3 +276,61 @@ def test_predict_command_draws_detections_and_skips_bad_files(tmp_path, trained_
         assert d["class"] in SHAPE_NAMES[:3] and 0 <= d["score"] <= 1
     drawn = cv2.imread(str(out / "shapes.jpg"))
     assert drawn.shape == (90, 140, 3)
+
+
+def test_detector_batches_equal_single_images(trained_run):
+    from ssd_jax.predict import Detector, draw_detections
+
+    detector = Detector(str(trained_run / "checkpoints"), batch_size=2)
+    images = [
+        SyntheticShapes(3, num_classes=3, image_size=size, seed=8)[k]["image"]
+        for k, size in enumerate([(90, 140), (300, 300), (64, 200)])
+    ]
+    batched = detector.detect_batch(images, score_threshold=0.0)  # batches of 2, last padded
+    for image, found in zip(images, batched):
+        single = detector(image, score_threshold=0.0)
+        assert [d["class"] for d in single] == [d["class"] for d in found]
+        np.testing.assert_allclose([d["box"] for d in single], [d["box"] for d in found], atol=0.15)
+        assert all(d["class"] == SHAPE_NAMES[d["label"] - 1] for d in found)
+    drawn = draw_detections(images[0], batched[0][:3])
+    assert drawn.shape == images[0].shape and (drawn != images[0]).any()
+    with pytest.raises(ValueError, match="image 0: expected uint8"):
+        detector(images[0].astype(np.float32))
+
+
+EXPORTED_RUNNER = """
+import sys
+import jax, numpy as np
+with open(sys.argv[1], "rb") as f:
+    exported = jax.export.deserialize(bytearray(f.read()))
+found = exported.call(np.load(sys.argv[2]))
+assert not [m for m in sys.modules if m.startswith(("ssd_jax", "flax"))]
+np.savez(sys.argv[3], **{k: np.asarray(v) for k, v in found.items()})
+"""
+
+
+def test_exported_detector_runs_without_the_model_code(tmp_path, trained_run):
+    from ssd_jax import export
+    from ssd_jax.predict import Detector
+
+    exported, info = export.export_detector(str(trained_run / "checkpoints"))
+    export.save(exported, info, str(tmp_path / "detector.jaxexport"))
+    size = info["image_size"]
+    images = np.stack(
+        [SyntheticShapes(3, 3, image_size=(size, size), seed=9)[k]["image"] for k in range(3)]
+    )
+    np.save(tmp_path / "images.npy", images)
+    result = subprocess.run(
+        [sys.executable, "-c", EXPORTED_RUNNER, "detector.jaxexport", "images.npy", "out.npz"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = np.load(tmp_path / "out.npz")
+    detector = Detector(str(trained_run / "checkpoints"))
+    expected = detector._detect(detector._state, images)
+    assert int(found["num_detections"].sum()) > 0
+    for name in ("boxes_xyxy", "scores", "classes", "valid", "num_detections"):
+        np.testing.assert_allclose(found[name], np.asarray(getattr(expected, name)), atol=1e-5)
+    reloaded, reloaded_info = export.load(str(tmp_path / "detector.jaxexport"))
+    assert reloaded_info["class_names"] == list(SHAPE_NAMES[:3])
+    assert reloaded.in_avals[0].dtype == np.uint8

@@ -22,12 +22,15 @@ import numpy as np
 
 class ImageGroundTruth(NamedTuple):
     """Ground truth of one image: ``boxes`` (N, 4) normalized xyxy, ``labels`` (N,)
-    in 1..C, ``difficult`` (N,) bool; ``size`` (height, width) in pixels or None."""
+    in 1..C, ``difficult`` (N,) bool (VOC difficult or COCO crowd: detections on
+    them count neither way); ``size`` (height, width) in pixels or None;
+    ``image_id`` the dataset's id of the image (needed by the COCO metric)."""
 
     boxes: np.ndarray
     labels: np.ndarray
     difficult: np.ndarray
     size: tuple[int, int] | None = None
+    image_id: int | None = None
 
 
 class ImageDetections(NamedTuple):

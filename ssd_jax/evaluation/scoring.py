@@ -1,0 +1,84 @@
+"""From evaluation batches and detections to metrics: per-image records and the
+VOC or COCO summary that training and ``python -m ssd_jax.evaluate`` report."""
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ssd_jax.evaluation import coco, voc
+from ssd_jax.postprocess import Detections
+
+METRICS = ("voc", "coco")
+
+
+def batch_records(
+    ground_truth: dict[str, np.ndarray], found: Detections
+) -> tuple[list[voc.ImageGroundTruth], list[voc.ImageDetections]]:
+    """Per-image records of one evaluation batch, padding examples dropped.
+
+    Args:
+      ground_truth: host arrays of a ``pipeline.eval_dataset`` batch: ``boxes``
+        (B, M, 4) normalized xyxy, ``labels``, ``mask``, ``difficult``,
+        ``is_crowd`` (B, M), ``height``, ``width``, ``image_id``, ``is_padding`` (B,).
+      found: the batch's detections (host arrays, ``postprocess.Detections``).
+    """
+    gts, dets = [], []
+    for i in np.nonzero(~np.asarray(ground_truth["is_padding"]))[0]:
+        mask, keep = ground_truth["mask"][i], found.valid[i]
+        gts.append(
+            voc.ImageGroundTruth(
+                ground_truth["boxes"][i][mask],
+                ground_truth["labels"][i][mask],
+                (ground_truth["difficult"][i] | ground_truth["is_crowd"][i])[mask],
+                size=(int(ground_truth["height"][i]), int(ground_truth["width"][i])),
+                image_id=int(ground_truth["image_id"][i]),
+            )
+        )
+        dets.append(
+            voc.ImageDetections(
+                found.boxes_xyxy[i][keep], found.scores[i][keep], found.classes[i][keep]
+            )
+        )
+    return gts, dets
+
+
+def score(
+    ground_truth: Sequence[voc.ImageGroundTruth],
+    detections: Sequence[voc.ImageDetections],
+    class_names: Sequence[str],
+    metric: str = "voc",
+    category_ids: Sequence[int] | None = None,
+    coco_annotation_file: str | None = None,
+    coco_backend: str = "faster_coco_eval",
+) -> dict[str, float]:
+    """The summary of one metric over all images.
+
+    ``"voc"``: ``map`` (VOC2007 11-point), ``map_area`` (VOC2010+ all-point) and
+    ``ap/<class>`` (11-point). ``"coco"``: the 12 numbers of
+    :data:`coco.STAT_NAMES` and ``ap/<class>`` (IoU 0.5:0.95); ground truth from
+    ``coco_annotation_file`` when given (official areas and crowd regions), else
+    from the records (image ids default to positions). ``category_ids[k - 1]``
+    is label k's dataset category id (default k).
+    """
+    if metric == "voc":
+        eleven = voc.evaluate(ground_truth, detections, len(class_names), use_07_metric=True)
+        area = voc.evaluate(ground_truth, detections, len(class_names), use_07_metric=False)
+        per_class = {f"ap/{n}": float(a) for n, a in zip(class_names, eleven.ap, strict=True)}
+        return {"map": eleven.map, "map_area": area.map, **per_class}
+    if metric == "coco":
+        category_ids = category_ids or range(1, len(class_names) + 1)
+        image_ids = [k if gt.image_id is None else gt.image_id for k, gt in enumerate(ground_truth)]
+        if coco_annotation_file:
+            dataset = coco.load_dataset(coco_annotation_file, image_ids, category_ids)
+        else:
+            dataset = coco.ground_truth_dataset(ground_truth, image_ids, category_ids, class_names)
+        results = coco.results_from_detections(
+            detections, image_ids, [gt.size for gt in ground_truth], category_ids
+        )
+        return coco.evaluate(dataset, results, coco_backend)
+    raise ValueError(f"unknown metric {metric!r}: one of {METRICS}")
+
+
+def headline(result: dict[str, float]) -> tuple[str, float]:
+    """The one number to print: VOC ``map`` or COCO ``AP``."""
+    return ("mAP", result["map"]) if "map" in result else ("AP", result["AP"])
