@@ -5,6 +5,9 @@ the returned ConfigDict is locked, so a misspelt key (in a file or in a
 ``--config.key=value`` override) fails loudly instead of being ignored.
 """
 
+import importlib.util
+import os
+
 import ml_collections
 
 from ssd_jax.data.pipeline import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
@@ -82,6 +85,12 @@ def base_config() -> ml_collections.ConfigDict:
     config.loss.neg_pos_ratio = 3.0
     config.loss.iou_threshold = 0.5
 
+    config.detection = ml_collections.ConfigDict()  # inference post-processing (the paper's)
+    config.detection.score_threshold = 0.01
+    config.detection.nms_iou_threshold = 0.45
+    config.detection.top_k_per_class = 200
+    config.detection.max_detections = 200
+
     config.init = ml_collections.ConfigDict()
     config.init.checkpoint = ""  # full ssd_jax checkpoint dir to start from (fine-tuning)
     config.init.backbone = ""  # converted VGG16 weights (.npz) for the trunk
@@ -100,3 +109,14 @@ def scaled_learning_rate(config: ml_collections.ConfigDict) -> float:
     """The base learning rate scaled linearly with the global batch size."""
     opt = config.optimizer
     return opt.learning_rate * config.batch_size / opt.base_batch_size
+
+
+def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """``get_config()`` of a config file, as ``--config`` loads it (for notebooks
+    and other Python callers)."""
+    spec = importlib.util.spec_from_file_location(os.path.basename(path).removesuffix(".py"), path)
+    if spec is None or not os.path.isfile(path):
+        raise FileNotFoundError(f"no config file {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()

@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-CLIP_MODES = ("none", "cxcywh")
+CLIP_MODES = ("none", "cxcywh", "wh")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +39,9 @@ class DefaultBoxSpec:
       aspect_ratios: per map, the ratios r != 1; each adds the boxes r and 1/r.
       steps: per map, the pixel distance between box centres, so centres are
         ``(i + 0.5) * step / image_size``; ``None`` puts them at ``(i + 0.5) / map_size``.
-      clip: ``"none"``, or ``"cxcywh"`` to clamp each of cx, cy, w, h to [0, 1]
-        (the pytorch_SSD convention).
+      clip: ``"none"``; ``"cxcywh"`` to clamp each of cx, cy, w, h to [0, 1]
+        (pytorch_SSD, ssd.pytorch); ``"wh"`` to clamp only w and h (torchvision,
+        whose centres may lie beyond 1 when map_size * step > image_size).
     """
 
     image_size: int
@@ -120,7 +121,9 @@ def generate(spec: DefaultBoxSpec) -> np.ndarray:
         boxes[..., 2:] = sizes
         per_map.append(boxes.reshape(-1, 4))
     boxes = np.concatenate(per_map)
-    if spec.clip == "cxcywh":
+    if spec.clip == "wh":
+        boxes[:, 2:] = np.clip(boxes[:, 2:], 0.0, 1.0)
+    elif spec.clip == "cxcywh":
         boxes = np.clip(boxes, 0.0, 1.0)
     return boxes.astype(np.float32)
 
@@ -189,6 +192,21 @@ PRESETS: dict[str, DefaultBoxSpec] = {
         512, (64, 32, 16, 8, 4, 2, 1), 0.07, (0.15, 0.9), _SSD512_RATIOS
     ),
 }
+
+
+# The paper's SSD300 layout with cxcywh clipping, as amdegroot/ssd.pytorch builds it (VOC).
+PRESETS["ssd300_ssd_pytorch"] = dataclasses.replace(PRESETS["ssd300"], clip="cxcywh")
+# torchvision ssd300_vgg16: scales 0.07, 0.15, 0.33, ... 1.05; w, h clamped to 1.
+PRESETS["ssd300_torchvision"] = dataclasses.replace(
+    PRESETS["ssd300"],
+    min_sizes=(21.0, 45.0, 99.0, 153.0, 207.0, 261.0),
+    max_sizes=(45.0, 99.0, 153.0, 207.0, 261.0, 315.0),
+    clip="wh",
+)
+# ssd.pytorch's COCO layout: torchvision's sizes, but the whole cxcywh clamped.
+PRESETS["ssd300_ssd_pytorch_coco"] = dataclasses.replace(
+    PRESETS["ssd300_torchvision"], clip="cxcywh"
+)
 
 
 def preset(name: str) -> DefaultBoxSpec:

@@ -23,7 +23,7 @@ from ml_collections import config_flags
 
 from ssd_jax import default_boxes as default_boxes_lib
 from ssd_jax import optim, parallel
-from ssd_jax.configs import scaled_learning_rate
+from ssd_jax.configs import base_config, scaled_learning_rate
 from ssd_jax.data import pipeline
 from ssd_jax.data.sources import CocoSource, TfdsSource, VocSource
 from ssd_jax.data.synthetic import SHAPE_NAMES, SyntheticShapes
@@ -88,10 +88,16 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, seed: int) 
     )
 
 
-def load_backbone(model: SSD, path: str) -> None:
-    """Loads converted VGG16 weights into ``model.vgg``: an ``.npz`` whose keys are
-    the trunk's variable paths, e.g. ``vgg/conv1_1/conv/kernel`` (HWIO)."""
+def load_backbone(model: SSD, path: str) -> tuple[tuple, tuple] | None:
+    """Loads converted VGG16 weights into ``model.vgg``: an ``.npz`` (from
+    ``convert_torch_vgg.py``) whose keys are the trunk's variable paths, e.g.
+    ``vgg/conv1_1/conv/kernel`` (HWIO). Returns the input normalization the
+    weights expect, ``(mean, std)`` (0-255 RGB), or None if the file records none."""
     weights = dict(np.load(path))
+    normalization = None
+    if "normalization/mean" in weights:
+        mean, std = weights.pop("normalization/mean"), weights.pop("normalization/std")
+        normalization = (tuple(map(float, mean)), tuple(map(float, std)))
     trunk = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model.vgg)), sep="/")
     for key, value in weights.items():
         name = key.removeprefix("vgg/")
@@ -105,10 +111,12 @@ def load_backbone(model: SSD, path: str) -> None:
     state = nnx.state(model.vgg)
     nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(trunk, sep="/"))
     nnx.update(model.vgg, state)
+    return normalization
 
 
 def step_settings(config: ml_collections.ConfigDict, default_boxes: jax.Array) -> StepSettings:
     """The device steps' settings from a training config."""
+    detection = config.get("detection") or base_config().detection  # older checkpoints: none
     return StepSettings(
         default_boxes,
         mean=tuple(config.data.mean),
@@ -117,10 +125,14 @@ def step_settings(config: ml_collections.ConfigDict, default_boxes: jax.Array) -
         iou_threshold=config.loss.iou_threshold,
         neg_pos_ratio=config.loss.neg_pos_ratio,
         alpha=config.loss.alpha,
+        score_threshold=detection.score_threshold,
+        nms_iou_threshold=detection.nms_iou_threshold,
+        top_k_per_class=detection.top_k_per_class,
+        max_detections=detection.max_detections,
     )
 
 
-def _checkpoint_meta(config, class_names, workdir) -> dict:
+def checkpoint_meta_of(config, class_names, workdir) -> dict:
     """What a checkpoint needs to be used on its own (evaluation, inference)."""
     return {
         "config": json.loads(config.to_json_best_effort()),
@@ -246,7 +258,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     model = build_model(config, len(class_names), config.seed)
     if config.init.backbone and not config.init.checkpoint:
-        load_backbone(model, config.init.backbone)
+        normalization = load_backbone(model, config.init.backbone)
+        if normalization is not None:  # the backbone's input convention wins
+            config = ml_collections.ConfigDict(config.to_dict())  # the caller's stays as it is
+            config.data.mean, config.data.std = normalization
+            logging.info("input normalization of %s: mean %s std %s", config.init.backbone,
+                         *normalization)  # fmt: skip
     schedule = optim.step_schedule(
         scaled_learning_rate(config),
         config.optimizer.warmup_steps,
@@ -284,7 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         os.path.join(workdir, "checkpoints"),
         options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
     )
-    meta = _checkpoint_meta(config, class_names, workdir)
+    meta = checkpoint_meta_of(config, class_names, workdir)
     latest = manager.latest_step()
     if latest is not None:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)

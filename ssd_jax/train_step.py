@@ -48,7 +48,8 @@ def init_train_state(model: nnx.Module, optimizer: optax.GradientTransformation)
 
 class StepSettings(NamedTuple):
     """What the device steps need besides the model: default boxes (A, 4) cxcywh,
-    input normalization (0-255 RGB mean/std), compute dtype and loss settings."""
+    input normalization (0-255 RGB mean/std), compute dtype, loss settings and
+    detection post-processing settings (see :func:`ssd_jax.postprocess.detect`)."""
 
     default_boxes_cxcywh: jax.Array
     mean: Sequence[float] = IMAGENET_MEAN_RGB
@@ -57,6 +58,10 @@ class StepSettings(NamedTuple):
     iou_threshold: float = 0.5
     neg_pos_ratio: float = 3.0
     alpha: float = 1.0
+    score_threshold: float = 0.01
+    nms_iou_threshold: float = 0.45
+    top_k_per_class: int = 200
+    max_detections: int = 200
 
     def network_input(self, images: jax.Array) -> jax.Array:
         return normalize_images(images, self.mean, self.std, self.compute_dtype)
@@ -140,6 +145,14 @@ def make_detect_fn(
 
     def detect(state: TrainState, images: jax.Array) -> Detections:
         loc, conf = _inference_model(graphdef, state)(settings.network_input(images))
-        return postprocess.detect(loc, conf, jnp.asarray(settings.default_boxes_cxcywh))
+        return postprocess.detect(
+            loc,
+            conf,
+            jnp.asarray(settings.default_boxes_cxcywh),
+            score_threshold=settings.score_threshold,
+            iou_threshold=settings.nms_iou_threshold,
+            top_k_per_class=settings.top_k_per_class,
+            max_detections=settings.max_detections,
+        )
 
     return detect

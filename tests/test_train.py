@@ -1,4 +1,3 @@
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -11,6 +10,7 @@ import pytest
 from flax import nnx, traverse_util
 
 from ssd_jax import default_boxes, optim, parallel, train
+from ssd_jax.configs import load_config_file
 from ssd_jax.data.synthetic import SHAPE_NAMES, SyntheticShapes, write_coco, write_voc
 from ssd_jax.metrics_writer import read_metrics
 from ssd_jax.train_step import StepSettings, init_train_state, make_train_step
@@ -19,10 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return load_config_file(os.path.join(ROOT, "configs", f"{name}.py"))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,37 @@
+"""Converts ImageNet VGG16 weights to an ssd_jax backbone (``.npz``).
+
+    python convert_torch_vgg.py --input vgg16-397923af.pth --output weights/vgg16_ssd
+    python -m ssd_jax.train --config configs/ssd300_voc.py --workdir runs/ssd300_voc \\
+        --config.init.backbone=weights/vgg16_ssd.npz
+
+Accepts torchvision ``vgg16`` (fc6/fc7 subsampled to the paper's conv6/conv7),
+``vgg16_bn`` (for ``--config.model.batch_norm=True``) and ssd.pytorch's
+``vgg16_reducedfc.pth`` (Caffe-style: BGR minus (104, 117, 123), converted to
+RGB), as ``.pth`` (needs torch), ``.safetensors`` or ``.npz``. The input
+normalization the weights expect is stored with them (``normalization/mean``,
+``normalization/std``, 0-255 RGB) and training and inference use it.
+"""
+
+import argparse
+import os
+
+import numpy as np
+
+from ssd_jax.convert import normalization_arrays, read_state_dict, vgg16_backbone
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", required=True, help="VGG16 state dict file")
+    parser.add_argument("--output", required=True, help="output path (.npz is added)")
+    args = parser.parse_args()
+    converted, info = vgg16_backbone(read_state_dict(args.input))
+    output = args.output if args.output.endswith(".npz") else args.output + ".npz"
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    np.savez(output, **converted, **normalization_arrays(info))
+    print(f"{info['source']}: {len(converted)} arrays -> {output} "
+          f"(batch_norm={info['batch_norm']}, mean={info['mean']}, std={info['std']})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
