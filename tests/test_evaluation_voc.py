@@ -3,6 +3,7 @@ import os
 import numpy as np
 import pytest
 
+from ssd_jax.benchmarks.evaluate import load_voc07_dump
 from ssd_jax.evaluation import scoring, voc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -180,23 +181,7 @@ def test_real_ssd300_detections_on_voc2007_test():
         if os.environ.get("CI"):
             pytest.fail(f"shared evaluation data missing: {DUMP}")
         pytest.skip("shared evaluation data not present")
-    data = np.load(DUMP)
-
-    def split(values, counts):
-        return np.split(values, np.cumsum(counts)[:-1])
-
-    def xyxy(cxcywh):
-        return np.concatenate(
-            [cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2], 1
-        )
-
-    gt_boxes = split(xyxy(data["gt_boxes_cxcywh"].astype(np.float64)), data["gt_count"])
-    gt_labels = split(data["gt_labels"] + 1, data["gt_count"])
-    det_boxes = split(xyxy(data["det_boxes_cxcywh"].astype(np.float64)), data["det_count"])
-    det_scores = split(data["det_scores"], data["det_count"])
-    det_labels = split(data["det_labels"] + 1, data["det_count"])
-    gts = [voc.ImageGroundTruth(b, l, np.zeros(len(l), bool)) for b, l in zip(gt_boxes, gt_labels)]
-    dets = [voc.ImageDetections(b, s, l) for b, s, l in zip(det_boxes, det_scores, det_labels)]
+    gts, dets = load_voc07_dump(DUMP)
     result = voc.evaluate(gts, dets, num_classes=20)
     assert result.num_positives.sum() == 14976
     expected = slow_voc_ap(

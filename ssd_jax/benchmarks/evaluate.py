@@ -1,0 +1,97 @@
+"""Evaluation speed: the VOC metric on real detections, the COCO metric on a
+COCO-sized synthetic set.
+
+    python -m ssd_jax.benchmarks.evaluate \
+        [--voc_dump ../shared/data/voc07_test_ssd300/detections.npz] [--coco_images 5000]
+
+1. VOC07 11-point mAP of a trained SSD300's detections on the 4952 VOC2007 test
+   images (the shared dump; about 15k objects).
+2. COCO AP of ``coco_images`` synthetic images (80 classes, 7 objects and 100
+   detections per image, like SSD on val2017) with faster-coco-eval and pycocotools.
+"""
+
+import time
+
+import numpy as np
+from absl import app, flags
+
+from ssd_jax.benchmarks.common import write_report
+from ssd_jax.evaluation import scoring, voc
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string(
+    "voc_dump", "../shared/data/voc07_test_ssd300/detections.npz", "VOC07 test detections."
+)
+flags.DEFINE_integer("coco_images", 5000, "Images in the synthetic COCO-sized set.")
+flags.DEFINE_string("output", "evaluate.json", "Where to write the JSON results.")
+
+
+def load_voc07_dump(path: str) -> tuple[list[voc.ImageGroundTruth], list[voc.ImageDetections]]:
+    """The shared VOC2007-test dump (its README): per-image ground truth and
+    detections, cxcywh normalized boxes and 0-based labels -> records (xyxy, 1..20)."""
+    data = np.load(path)
+
+    def split(values, counts):
+        return np.split(values, np.cumsum(counts)[:-1])
+
+    def xyxy(cxcywh):
+        centre, size = cxcywh[:, :2].astype(np.float64), cxcywh[:, 2:].astype(np.float64)
+        return np.concatenate([centre - size / 2, centre + size / 2], 1)
+
+    gt_boxes = split(xyxy(data["gt_boxes_cxcywh"]), data["gt_count"])
+    gt_labels = split(data["gt_labels"] + 1, data["gt_count"])
+    det_boxes = split(xyxy(data["det_boxes_cxcywh"]), data["det_count"])
+    det_scores = split(data["det_scores"], data["det_count"])
+    det_labels = split(data["det_labels"] + 1, data["det_count"])
+    gts = [
+        voc.ImageGroundTruth(b, l, np.zeros(len(l), bool))
+        for b, l in zip(gt_boxes, gt_labels, strict=True)
+    ]
+    dets = [voc.ImageDetections(*d) for d in zip(det_boxes, det_scores, det_labels, strict=True)]
+    return gts, dets
+
+
+def coco_sized_set(num_images: int, seed: int = 0):
+    """Synthetic records: 7 objects per image over 80 classes; 100 detections per
+    image (jittered copies of the objects with high scores, the rest random)."""
+    rng = np.random.default_rng(seed)
+    gts, dets = [], []
+    for index in range(num_images):
+        xy = rng.uniform(0, 0.8, (7, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(0.02, 0.2, (7, 2))], 1)
+        labels = rng.integers(1, 81, 7)
+        gts.append(voc.ImageGroundTruth(boxes, labels, np.zeros(7, bool), (480, 640), index + 1))
+        noise_xy = rng.uniform(0, 0.9, (93, 2))
+        det_boxes = np.concatenate([boxes + rng.normal(0, 0.01, (7, 4)),
+                                    np.concatenate([noise_xy, noise_xy + 0.1], 1)])  # fmt: skip
+        scores = np.concatenate([rng.uniform(0.5, 1, 7), rng.uniform(0, 0.5, 93)])
+        det_labels = np.concatenate([labels, rng.integers(1, 81, 93)])
+        dets.append(voc.ImageDetections(det_boxes, scores, det_labels))
+    return gts, dets
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    rows = []
+    gts, dets = load_voc07_dump(FLAGS.voc_dump)
+    start = time.perf_counter()
+    result = voc.evaluate(gts, dets, num_classes=20)
+    seconds = time.perf_counter() - start
+    rows.append({"metric": "voc07", "images": len(gts), "objects": int(result.num_positives.sum()),
+                 "detections": sum(len(d.scores) for d in dets), "seconds": seconds,
+                 "map": result.map})  # fmt: skip
+    print(f"VOC07 11-point, {len(gts)} images: {seconds:.2f} s (mAP {result.map:.4f})")
+    gts, dets = coco_sized_set(FLAGS.coco_images)
+    names = [f"class_{k}" for k in range(1, 81)]
+    for backend in ("faster_coco_eval", "pycocotools"):
+        start = time.perf_counter()
+        stats = scoring.score(gts, dets, names, "coco", coco_backend=backend)
+        seconds = time.perf_counter() - start
+        rows.append({"metric": "coco", "backend": backend, "images": len(gts),
+                     "seconds": seconds, "AP": stats["AP"]})  # fmt: skip
+        print(f"COCO, {backend}, {len(gts)} images: {seconds:.2f} s (AP {stats['AP']:.4f})")
+    write_report(FLAGS.output, "evaluate", rows)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,145 @@
+"""Inference speed: the whole detector and post-processing alone.
+
+    python -m ssd_jax.benchmarks.inference [--architecture ssd300] [--batch_sizes 1,8,64] \
+        [--width 1.0] [--dtype float32] [--output inference.json]
+
+1. The detector (uint8 normalization, network, decode, NMS; one jit) with random
+   weights: images/s and per-batch latency at each batch size.
+2. Post-processing alone on a batch of 8 SSD300 outputs with 20 classes, in a
+   dense case (nearly every box and class above the 0.01 threshold), a medium and
+   a sparse one: ours (``postprocess.detect``, jitted) against the reference
+   pytorch_SSD's algorithm (softmax, per-class threshold, hand-written greedy NMS
+   of the top 200, as its ``InferenceBox`` does) run in PyTorch on the same
+   outputs, if torch is installed.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+from flax import nnx
+
+from ssd_jax import default_boxes, postprocess
+from ssd_jax.benchmarks.common import time_calls, write_report
+from ssd_jax.models import SSD
+from ssd_jax.train_step import StepSettings, init_train_state, make_detect_fn
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("architecture", "ssd300", "ssd300 or ssd512.")
+flags.DEFINE_list("batch_sizes", ["1", "8", "64"], "Batch sizes of the detector timing.")
+flags.DEFINE_float("width", 1.0, "Channel multiplier (1.0: the real network).")
+flags.DEFINE_string("dtype", "float32", "Compute dtype of the network.")
+flags.DEFINE_integer("repeats", 5, "Timed calls per measurement (median reported).")
+flags.DEFINE_bool("reference", True, "Also time the PyTorch reference post-processing.")
+flags.DEFINE_string("output", "inference.json", "Where to write the JSON results.")
+
+NUM_CLASSES = 20
+CASES = {  # background logit offset; boxes given one confident class
+    "dense": (0.0, 0),
+    "medium": (4.0, 0),
+    "sparse": (9.0, 40),
+}
+
+
+def network_outputs(case: str, num_boxes: int, batch: int = 8, seed: int = 0):
+    """Synthetic (loc (B, A, 4), conf (B, A, C + 1)) float32 head outputs."""
+    rng = np.random.default_rng(seed)
+    background, confident = CASES[case]
+    loc = rng.normal(0, 0.5, (batch, num_boxes, 4)).astype(np.float32)
+    conf = rng.normal(0, 0.5, (batch, num_boxes, NUM_CLASSES + 1)).astype(np.float32)
+    conf[..., 0] += background
+    for b in range(batch):
+        boxes = rng.choice(num_boxes, confident, replace=False)
+        conf[b, boxes, rng.integers(1, NUM_CLASSES + 1, confident)] += background + 6
+    return loc, conf
+
+
+def _area(boxes_xyxy):
+    return (boxes_xyxy[..., 2] - boxes_xyxy[..., 0]) * (boxes_xyxy[..., 3] - boxes_xyxy[..., 1])
+
+
+def reference_postprocess(loc, conf, priors, threshold=0.01, iou_threshold=0.45, top_k=200):
+    """pytorch_SSD's inference post-processing (study §8), in PyTorch: per image
+    and class, boxes with p > threshold, sorted, the top 200 kept, greedy NMS.
+    Background is class 0 here (the reference has it last; same work)."""
+    import torch
+
+    loc, conf, priors = (torch.from_numpy(np.asarray(a)) for a in (loc, conf, priors))
+    centres = loc[..., :2] * 0.1 * priors[:, 2:] + priors[:, :2]
+    sizes = torch.exp(loc[..., 2:] * 0.2) * priors[:, 2:]
+    boxes = torch.cat([centres - sizes / 2, centres + sizes / 2], -1)
+    probs = torch.softmax(conf, -1)
+    results = []
+    for b in range(loc.shape[0]):
+        rows = []
+        for c in range(1, probs.shape[-1]):
+            mask = probs[b, :, c] > threshold
+            scores, candidates = probs[b, mask, c], boxes[b, mask]
+            order = scores.argsort(descending=True)[:top_k]
+            while order.numel() > 0:
+                best = order[0]
+                rows.append(torch.cat([torch.tensor([c, scores[best]]), candidates[best]]))
+                rest = order[1:]
+                top_left = torch.maximum(candidates[best, :2], candidates[rest, :2])
+                bottom_right = torch.minimum(candidates[best, 2:], candidates[rest, 2:])
+                inter = (bottom_right - top_left).clamp(min=0).prod(-1)
+                union = _area(candidates[best]) + _area(candidates[rest]) - inter
+                iou = inter / union
+                order = rest[iou <= iou_threshold]
+        results.append(torch.stack(rows) if rows else torch.zeros((0, 6)))
+    return results
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    spec = default_boxes.preset(FLAGS.architecture)
+    priors = jnp.asarray(default_boxes.generate(spec))
+    rows = []
+
+    model = SSD(FLAGS.architecture, NUM_CLASSES, width=FLAGS.width,
+                dtype=jnp.dtype(FLAGS.dtype), rngs=nnx.Rngs(0))  # fmt: skip
+    graphdef, state = init_train_state(model, optax.identity())
+    detect = jax.jit(make_detect_fn(graphdef, StepSettings(priors, compute_dtype=FLAGS.dtype)))
+    print(f"detector {FLAGS.architecture} width {FLAGS.width} {FLAGS.dtype}")
+    print(f"{'batch':>6} {'latency ms':>11} {'images/s':>9}")
+    for batch_size in map(int, FLAGS.batch_sizes):
+        images = np.random.default_rng(0).integers(
+            0, 256, (batch_size, spec.image_size, spec.image_size, 3), np.uint8
+        )
+        seconds = time_calls(lambda images=images: detect(state, images), FLAGS.repeats)
+        rows.append({"part": "detector", "batch_size": batch_size, "latency_s": seconds,
+                     "images_per_s": batch_size / seconds})  # fmt: skip
+        print(f"{batch_size:>6} {1000 * seconds:>11.1f} {batch_size / seconds:>9.1f}", flush=True)
+
+    post = jax.jit(postprocess.detect)
+    print("\npost-processing, batch 8, 20 classes")
+    print(f"{'case':>7} {'cand./img':>10} {'dets/img':>9} {'ours ms':>8} {'reference ms':>13}")
+    for case in CASES:
+        loc, conf = network_outputs(case, len(priors))
+        probs = jax.nn.softmax(conf, -1)[..., 1:]
+        candidates = float((probs > 0.01).sum() / len(loc))
+        ours_s = time_calls(lambda loc=loc, conf=conf: post(loc, conf, priors), FLAGS.repeats)
+        found = post(loc, conf, priors)
+        row = {"part": "postprocess", "case": case, "batch_size": 8,
+               "candidates_per_image": candidates, "ours_s": ours_s,
+               "detections_per_image": float(np.mean(found.num_detections))}  # fmt: skip
+        reference_s = None
+        if FLAGS.reference:
+            reference_s = time_calls(
+                lambda loc=loc, conf=conf: reference_postprocess(loc, conf, priors), 1
+            )
+            kept = reference_postprocess(loc, conf, priors)
+            row |= {"reference_s": reference_s,
+                    "reference_detections_per_image": float(np.mean([len(k) for k in kept])),
+                    "speedup": reference_s / ours_s}  # fmt: skip
+        rows.append(row)
+        ref_text = f"{1000 * reference_s:>13.1f}" if reference_s else f"{'-':>13}"
+        print(f"{case:>7} {candidates:>10.0f} {row['detections_per_image']:>9.0f} "
+              f"{1000 * ours_s:>8.1f} {ref_text}", flush=True)  # fmt: skip
+    write_report(FLAGS.output, "inference", rows, architecture=FLAGS.architecture,
+                 width=FLAGS.width, dtype=FLAGS.dtype)  # fmt: skip
+
+
+if __name__ == "__main__":
+    app.run(main)
