@@ -6,8 +6,11 @@
 
 The training configuration travels with the checkpoint (its ``meta`` item) and is
 used unless ``--config`` (with its ``--config.*`` overrides) is given, e.g. to
-point at the data. Prints the per-class AP table and the summary (VOC07 11-point
-and all-point mAP), and writes them as JSON. ``--metric coco`` scores with the COCO metric instead
+point at the data; the network's description (model, class names, input
+normalization, detection settings) always comes from the checkpoint.
+
+Prints the per-class AP table and the summary (VOC07 11-point and all-point mAP),
+and writes them as JSON. ``--metric coco`` scores with the COCO metric instead
 (the configuration's ``eval_metric`` by default).
 """
 
@@ -78,6 +81,21 @@ def evaluate_checkpoint(
     return evaluate_detections(detect, state, source, config, image_size, mesh)
 
 
+def with_checkpoint_model(
+    config: ml_collections.ConfigDict, saved: ml_collections.ConfigDict
+) -> ml_collections.ConfigDict:
+    """``config`` (for its data and metric) with what describes the checkpoint's
+    network taken from the checkpoint's own config ``saved``: model, class names,
+    input normalization and detection settings."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model = ml_collections.ConfigDict(saved.model.to_dict())
+    config.data.class_names = tuple(saved.data.class_names)
+    config.data.mean, config.data.std = tuple(saved.data.mean), tuple(saved.data.std)
+    if saved.get("detection"):
+        config.detection = ml_collections.ConfigDict(saved.detection.to_dict())
+    return config
+
+
 def format_table(result: dict[str, float]) -> str:
     """Per-class AP, then the summary numbers, one per line."""
     per_class = {k.removeprefix("ap/"): v for k, v in result.items() if k.startswith("ap/")}
@@ -90,7 +108,8 @@ def format_table(result: dict[str, float]) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
-    config = FLAGS.config or checkpoint_config(FLAGS.checkpoint, FLAGS.step)
+    saved = checkpoint_config(FLAGS.checkpoint, FLAGS.step)
+    config = with_checkpoint_model(FLAGS.config, saved) if FLAGS.config else saved
     with config.unlocked():
         config.eval_batches = 0  # the whole eval split
         config.eval_metric = FLAGS.metric or config.get("eval_metric", "voc")

@@ -185,3 +185,16 @@ def test_fused_train_geometry_equals_the_ops_applied_in_turn():
         # same pixel-centre mapping and bilinear sampling: pixels agree too
         error = np.abs(fused["image"].astype(float) - step.astype(float))
         assert np.median(error) <= 1 and np.mean(error) < 3, (seed, np.mean(error))
+
+
+def test_uint8_saturation_hue_follows_the_float_version():
+    image = SyntheticShapes(1, image_size=(60, 80), seed=4)[0]["image"]
+    for saturation, hue in [(1.4, 0.0), (0.6, 0.0), (1.0, 17.0), (1.0, -18.0), (1.3, -9.0)]:
+        fast = augment.adjust_saturation_hue_uint8(image, saturation, hue).astype(float)
+        exact = augment.adjust_saturation_hue(image.astype(np.float32), saturation, hue)
+        error = np.abs(fast - np.clip(exact, 0, 255))
+        assert error.mean() < 2.5 and np.percentile(error, 99) < 12, (saturation, hue)
+    red = np.array([[[255, 0, 0]]], np.uint8)
+    np.testing.assert_array_equal(
+        augment.adjust_saturation_hue_uint8(red, 1.0, 120.0), [[[0, 255, 0]]]
+    )

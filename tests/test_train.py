@@ -350,3 +350,20 @@ def test_exported_detector_runs_without_the_model_code(tmp_path, trained_run):
     reloaded, reloaded_info = export.load(str(tmp_path / "detector.jaxexport"))
     assert reloaded_info["class_names"] == list(SHAPE_NAMES[:3])
     assert reloaded.in_avals[0].dtype == np.uint8
+
+
+def test_evaluate_config_takes_the_network_from_the_checkpoint():
+    from ssd_jax.evaluate import with_checkpoint_model
+
+    saved = load_config("shapes")  # as saved with a checkpoint
+    saved.model.default_boxes = "ssd300_torchvision"
+    saved.data.mean, saved.data.std = (123.0, 117.0, 104.0), (1.0, 1.0, 1.0)
+    saved.detection.top_k_per_class = 400
+    given = load_config("ssd300_voc")
+    given.data.eval.voc_splits = ("/data/VOC2007:test",)
+    merged = with_checkpoint_model(given, saved)
+    assert merged.model.width == 0.125 and merged.model.default_boxes == "ssd300_torchvision"
+    assert merged.data.class_names == SHAPE_NAMES[:4] and merged.data.std == (1.0, 1.0, 1.0)
+    assert merged.detection.top_k_per_class == 400
+    assert merged.data.eval.voc_splits == ("/data/VOC2007:test",)  # the data stays the given one
+    assert given.model.width == 1.0  # the given config itself is untouched

@@ -30,6 +30,25 @@ def adjust_saturation_hue(
     return cv2.cvtColor(cv2.merge((hue, saturation, value)), cv2.COLOR_HSV2RGB)
 
 
+def adjust_saturation_hue_uint8(
+    image: np.ndarray, saturation_factor: float = 1.0, hue_degrees: float = 0.0
+) -> np.ndarray:
+    """:func:`adjust_saturation_hue` for uint8 RGB in OpenCV's 8-bit HSV (hue in
+    2-degree steps) with lookup tables: about 10x faster than the float32 version,
+    within a few levels of it (the hue shift is rounded to 2 degrees)."""
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)  # uint8: H [0, 180), S, V [0, 255]
+    hue, saturation, value = cv2.split(hsv)
+    levels = np.arange(256, dtype=np.float32)
+    if saturation_factor != 1.0:
+        table = np.clip(np.round(levels * np.float32(saturation_factor)), 0, 255)
+        saturation = cv2.LUT(saturation, table.astype(np.uint8))
+    if hue_degrees != 0.0:
+        shift = round(hue_degrees / 2)
+        table = np.where(levels < 180, (levels + shift) % 180, levels)
+        hue = cv2.LUT(hue, table.astype(np.uint8))
+    return cv2.cvtColor(cv2.merge((hue, saturation, value)), cv2.COLOR_HSV2RGB)
+
+
 def photometric_distort(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random brightness (+-32), contrast (x0.5-1.5, before or after the HSV part),
     saturation (x0.5-1.5), hue (+-18 degrees), each with p = 0.5, then a random
@@ -42,17 +61,17 @@ def photometric_distort(image: np.ndarray, rng: np.random.Generator) -> np.ndarr
     contrast_after = rng.uniform(0.5, 1.5) if not contrast_first and rng.uniform() < 0.5 else 1.0
     permutation = rng.permutation(3) if rng.uniform() < 0.5 else None
 
-    # brightness and the first contrast act per value: one lookup table (rounded
-    # to whole levels, far below the distortion's own scale)
-    table = np.clip((np.arange(256, dtype=np.float32) + brightness) * contrast_before, 0, 255)
+    # Everything stays uint8: brightness and contrast act per value (lookup tables,
+    # rounded to whole levels, far below the distortion's own scale), saturation
+    # and hue in 8-bit HSV. The float32 HSV round trip took ~80 % of the
+    # augmentation time.
+    levels = np.arange(256, dtype=np.float32)
+    table = np.clip((levels + brightness) * contrast_before, 0, 255)
     x = cv2.LUT(image, np.round(table).astype(np.uint8))
-    if saturation != 1.0 or hue != 0.0 or contrast_after != 1.0:
-        x = x.astype(np.float32)
-        if saturation != 1.0 or hue != 0.0:
-            x = adjust_saturation_hue(x, saturation, hue)
-        if contrast_after != 1.0:
-            x *= contrast_after
-        x = cv2.convertScaleAbs(x)  # round and saturate to uint8; x >= 0 here
+    if saturation != 1.0 or hue != 0.0:
+        x = adjust_saturation_hue_uint8(x, saturation, hue)
+    if contrast_after != 1.0:
+        x = cv2.LUT(x, np.round(np.clip(levels * contrast_after, 0, 255)).astype(np.uint8))
     if permutation is not None:
         channels = cv2.split(x)
         x = cv2.merge([channels[c] for c in permutation])
