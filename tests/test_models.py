@@ -192,3 +192,35 @@ def test_bad_images(shape, dtype, message):
 def test_bad_model_arguments(args, kwargs, message):
     with pytest.raises(ValueError, match=message):
         SSD(*args, rngs=nnx.Rngs(0), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "padding", "dilation", "stride"),
+    [(3, 1, 1, 1), (3, 6, 6, 1), (1, 0, 1, 1), (3, 0, 1, 1), (4, 1, 1, 1), (3, 1, 1, 2)],
+)
+def test_fast_kernel_gradient_conv_equals_lax(kernel, padding, dilation, stride):
+    """conv1_x, conv6 (dilated), 1x1, VALID 3x3, SSD512's 4x4 conv12_2, and a
+    stride-2 conv (the unchanged path): values and both gradients as lax's."""
+    from jax import lax
+
+    from ssd_jax.models.conv import conv_general_dilated
+
+    rng = np.random.default_rng(kernel + 10 * padding)
+    x = jnp.asarray(rng.normal(size=(2, 23, 21, 5)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, 5, 7)) * 0.1, jnp.float32)
+    args = ((stride, stride), ((padding, padding), (padding, padding)))
+    kwargs = {"rhs_dilation": (dilation, dilation), "dimension_numbers": ("NHWC", "HWIO", "NHWC")}
+
+    def loss(conv):
+        return lambda x, w: jnp.sum(jnp.sin(conv(x, w, *args, **kwargs)))
+
+    ours = jax.value_and_grad(loss(conv_general_dilated), (0, 1))(x, w)
+    theirs = jax.value_and_grad(loss(lax.conv_general_dilated), (0, 1))(x, w)
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-6)
+    for a, b in zip(ours[1], theirs[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+    # bfloat16 compute keeps its dtypes
+    grads = jax.grad(loss(conv_general_dilated), (0, 1))(
+        x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    )
+    assert all(g.dtype == jnp.bfloat16 for g in grads)

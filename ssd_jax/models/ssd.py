@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssd_jax.default_boxes import preset
+from ssd_jax.models.conv import conv_general_dilated
 from ssd_jax.models.vgg import VGG16, ConvBlock, scale_channels, xavier_uniform
 
 # Extra feature layers after conv7, one pair (1x1 reduction, then k x k) per source:
@@ -111,6 +112,7 @@ class SSD(nnx.Module):
                 padding=((1, 1), (1, 1)),
                 kernel_init=xavier_uniform,
                 bias_init=nnx.initializers.zeros,
+                conv_general_dilated=conv_general_dilated,
                 dtype=dtype,
                 param_dtype=param_dtype,
                 rngs=rngs,

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ssd_jax.models.conv import conv_general_dilated
+
 # Output channels of the five VGG16 blocks.
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 FC_CHANNELS = 1024  # conv6 and conv7, the subsampled fc6 and fc7
@@ -66,6 +68,7 @@ class ConvBlock(nnx.Module):
             kernel_dilation=dilation,
             kernel_init=xavier_uniform,
             bias_init=nnx.initializers.zeros,
+            conv_general_dilated=conv_general_dilated,  # fast kernel gradients on CPU
             dtype=dtype,
             param_dtype=param_dtype,
             rngs=rngs,

@@ -1,0 +1,113 @@
+"""A drop-in ``lax.conv_general_dilated`` whose kernel gradient is fast on CPU.
+
+XLA's CPU backend computes the kernel gradient of a convolution over a large
+image as one convolution with an image-sized "kernel", which is very slow: for
+SSD300's conv1_2 (300x300, 64 -> 64 channels) it takes about 12x the time of the
+input gradient, and the early VGG layers make up most of a training step. For
+stride-1 NHWC convolutions this module computes the kernel gradient on CPU as one
+matrix product per kernel tap (shifted input, flattened, times the flattened
+output gradient), which runs at BLAS speed. The forward pass, the input gradient
+and every other backend (GPU, TPU: ``lax.platform_dependent``) are unchanged.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _plain_conv(x, kernel, padding, dilation):
+    return lax.conv_general_dilated(
+        x, kernel, (1, 1), padding, rhs_dilation=dilation, dimension_numbers=_NHWC
+    )
+
+
+def _kernel_grad_by_taps(x, grad, kernel_shape, padding, dilation):
+    """d loss / d kernel (HWIO) as kh * kw matrix products (stride 1, NHWC)."""
+    kh, kw, c_in, c_out = kernel_shape
+    padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    out_h, out_w = grad.shape[1:3]
+    grad_2d = grad.reshape(-1, c_out)
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            top, left = i * dilation[0], j * dilation[1]
+            window = lax.slice(
+                padded,
+                (0, top, left, 0),
+                (padded.shape[0], top + out_h, left + out_w, c_in),
+            )
+            taps.append(
+                lax.dot(window.reshape(-1, c_in).T, grad_2d, preferred_element_type=jnp.float32)
+            )
+    return jnp.stack(taps).reshape(kernel_shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_stride1(x, kernel, padding, dilation):
+    return _plain_conv(x, kernel, padding, dilation)
+
+
+def _conv_stride1_fwd(x, kernel, padding, dilation):
+    return _plain_conv(x, kernel, padding, dilation), (x, kernel)
+
+
+def _conv_stride1_bwd(padding, dilation, residuals, grad):
+    x, kernel = residuals
+    _, input_vjp = jax.vjp(lambda x: _plain_conv(x, kernel, padding, dilation), x)
+    (grad_x,) = input_vjp(grad)
+
+    def xla_kernel_grad(x, grad):
+        _, kernel_vjp = jax.vjp(lambda k: _plain_conv(x, k, padding, dilation), kernel)
+        return kernel_vjp(grad)[0].astype(jnp.float32)
+
+    def cpu_kernel_grad(x, grad):
+        return _kernel_grad_by_taps(x, grad, kernel.shape, padding, dilation)
+
+    grad_kernel = lax.platform_dependent(x, grad, cpu=cpu_kernel_grad, default=xla_kernel_grad)
+    return grad_x, grad_kernel.astype(kernel.dtype)
+
+
+_conv_stride1.defvjp(_conv_stride1_fwd, _conv_stride1_bwd)
+
+
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    batch_group_count=1,
+    precision=None,
+    preferred_element_type=None,
+    out_sharding=None,
+):
+    """``lax.conv_general_dilated``; stride-1, ungrouped NHWC/HWIO convolutions
+    with explicit padding take the fast-kernel-gradient path."""
+    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+    simple = (
+        tuple(window_strides) == (1, 1)
+        and (lhs_dilation is None or tuple(lhs_dilation) == (1, 1))
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and precision is None
+        and preferred_element_type is None
+        and out_sharding is None
+        and not isinstance(padding, str)
+        and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
+    )
+    if simple:
+        padding = tuple((int(low), int(high)) for low, high in padding)
+        dilation = (1, 1) if rhs_dilation is None else tuple(int(d) for d in rhs_dilation)
+        return _conv_stride1(lhs, rhs, padding, dilation)
+    kwargs = {} if out_sharding is None else {"out_sharding": out_sharding}
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+        feature_group_count, batch_group_count, precision, preferred_element_type, **kwargs,
+    )  # fmt: skip
