@@ -206,14 +206,16 @@ def test_fast_kernel_gradient_conv_equals_lax(kernel, padding, dilation, stride)
     from ssd_jax.models.conv import conv_general_dilated
 
     rng = np.random.default_rng(kernel + 10 * padding)
-    x = jnp.asarray(rng.normal(size=(2, 23, 21, 5)), jnp.float32)
-    w = jnp.asarray(rng.normal(size=(kernel, kernel, 5, 7)) * 0.1, jnp.float32)
+    x = jnp.asarray(rng.normal(size=(2, 23, 21, 16)), jnp.float32)  # >= MIN_TAP_CHANNELS
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, 16, 17)) * 0.1, jnp.float32)
     args = ((stride, stride), ((padding, padding), (padding, padding)))
     kwargs = {"rhs_dilation": (dilation, dilation), "dimension_numbers": ("NHWC", "HWIO", "NHWC")}
 
     def loss(conv):
         return lambda x, w: jnp.sum(jnp.sin(conv(x, w, *args, **kwargs)))
 
+    jaxpr = str(jax.make_jaxpr(loss(conv_general_dilated))(x, w))
+    assert ("custom_vjp_call" in jaxpr) == (stride == 1)  # the fast path is really taken
     ours = jax.value_and_grad(loss(conv_general_dilated), (0, 1))(x, w)
     theirs = jax.value_and_grad(loss(lax.conv_general_dilated), (0, 1))(x, w)
     np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-6)
