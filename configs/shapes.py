@@ -1,12 +1,19 @@
 """The quickstart: a small SSD300 (1/8 of the channels, with BatchNorm) trained from
-scratch on the synthetic shapes dataset, on a 2-core CPU in about 10 minutes.
+scratch on the synthetic shapes dataset, on a 2-core CPU in about 13 minutes.
 
     python -m ssd_jax.train --config configs/shapes.py --workdir runs/shapes
 
-Without an ImageNet backbone the trunk starts random: BatchNorm and gradient
-clipping keep the first steps stable (plain VGG from scratch has gradient norms
-around 1e5 at step 1 because the L2-normalized conv4_3 amplifies them), and
-Adam converges much faster than the paper's SGD here.
+Expected: VOC07 mAP about 0.6 on the 200 images of the eval split (measured
+0.62; see the README). What makes ten-odd minutes enough:
+
+- Without an ImageNet backbone the trunk starts random: BatchNorm and gradient
+  clipping keep the first steps stable (plain VGG from scratch has gradient norms
+  around 1e5 at step 1 because the L2-normalized conv4_3 amplifies them).
+- Adam at 3e-3 (for batch 16): at 1e-3 the same run reached mAP 0.37, and SGD
+  needs about three times as many steps to reach the same loss.
+- Shapes of 10-70 % of the image and up to 3 per image, every image new (4800
+  in 300 steps), so no augmentation is needed; SSD300's smallest default boxes
+  are 10 % of the image.
 """
 
 from ssd_jax.configs import base_config
@@ -23,14 +30,16 @@ def get_config():
         data.num_images = num_images
         data.seed = seed
         data.max_objects = 3
+        data.min_size, data.max_size = 0.1, 0.7
     config.data.class_names = SHAPE_NAMES[:4]
+    config.data.augment = False  # 4800 distinct images, each seen once
     config.data.num_workers = 1
     config.batch_size = 16
     config.num_steps = 300
-    config.optimizer.name = "adam"  # from scratch, Adam gets to loss 7 in 120 steps, SGD in ~350
-    config.optimizer.learning_rate = 2e-3  # x 16/32 for batch 16
+    config.optimizer.name = "adam"
+    config.optimizer.learning_rate = 8e-3  # x 16/32 for batch 16: 4e-3
     config.optimizer.warmup_steps = 50
-    config.optimizer.milestones = (220, 270)
+    config.optimizer.milestones = (240, 285)
     config.optimizer.grad_clip_norm = 10.0
     config.log_every = 10
     config.checkpoint_every = 100

@@ -401,9 +401,12 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
     from absl import app, flags
 
+    from ssd_jax.cli import quiet_flags_parser
+
     flags.DEFINE_enum("from", None, list(IMPORTERS), "Which PyTorch SSD the weights come from.")
     flags.DEFINE_string("input", None, "State dict file (.pth, .safetensors or .npz).")
     flags.DEFINE_string("output", None, "Output directory (checkpoints go to OUTPUT/checkpoints).")
     flags.DEFINE_string("class_names", "", "Comma-separated class names (default: by count).")
     flags.mark_flags_as_required(["from", "input", "output"])
-    app.run(main)
+    # Orbax logs every save and load at INFO: WARNING unless --verbosity says otherwise.
+    app.run(main, flags_parser=quiet_flags_parser)

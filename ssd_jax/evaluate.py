@@ -26,6 +26,7 @@ from ml_collections import config_flags
 
 from ssd_jax import default_boxes as default_boxes_lib
 from ssd_jax import optim, parallel
+from ssd_jax.cli import quiet_flags_parser
 from ssd_jax.train import (
     build_model,
     build_source,
@@ -127,4 +128,5 @@ if __name__ == "__main__":
     flags.DEFINE_enum("metric", None, ["voc", "coco"], "Metric (default: the config's).")
     config_flags.DEFINE_config_file("config", None, "Configuration (default: the checkpoint's).")
     flags.mark_flags_as_required(["checkpoint"])
-    app.run(main)
+    # Orbax logs every save and load at INFO: WARNING unless --verbosity says otherwise.
+    app.run(main, flags_parser=quiet_flags_parser)

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
+from ssd_jax.cli import quiet_flags_parser
 from ssd_jax.evaluate import checkpoint_meta, load_for_inference
 
 
@@ -90,4 +91,5 @@ if __name__ == "__main__":
     flags.DEFINE_string("output", "detector.jaxexport", "Where to write the artifact.")
     flags.DEFINE_integer("batch_size", None, "Fixed batch size (default: symbolic, any).")
     flags.mark_flags_as_required(["checkpoint"])
-    app.run(main)
+    # Orbax logs every save and load at INFO: WARNING unless --verbosity says otherwise.
+    app.run(main, flags_parser=quiet_flags_parser)

@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
+from ssd_jax.cli import quiet_flags_parser
 from ssd_jax.data.augment import resize
 from ssd_jax.data.example import DataError, read_image_rgb
 from ssd_jax.evaluate import checkpoint_meta, load_for_inference
@@ -200,4 +201,5 @@ if __name__ == "__main__":
     flags.DEFINE_string("output", "predictions", "Output folder.")
     flags.DEFINE_float("score_threshold", 0.5, "Minimum class probability to report.")
     flags.mark_flags_as_required(["checkpoint", "input"])
-    app.run(main)
+    # Orbax logs every save and load at INFO: WARNING unless --verbosity says otherwise.
+    app.run(main, flags_parser=quiet_flags_parser)

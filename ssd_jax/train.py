@@ -16,13 +16,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import app, flags, logging
+from absl import app, flags
 from flax import nnx, traverse_util
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from ssd_jax import default_boxes as default_boxes_lib
 from ssd_jax import optim, parallel
+from ssd_jax.cli import quiet_flags_parser
 from ssd_jax.configs import base_config, scaled_learning_rate
 from ssd_jax.data import pipeline
 from ssd_jax.data.sources import CocoSource, TfdsSource, VocSource
@@ -251,7 +252,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     class_names = tuple(config.data.class_names) if config.data.class_names else None
     train_source = build_source(config.data.train, class_names)
     class_names = tuple(train_source.class_names)
-    logging.info(train_source.skipped.report("train data"))
+    print(train_source.skipped.report("train data"), flush=True)
     spec = default_boxes_lib.preset(config.model.default_boxes or config.model.architecture)
     default_boxes = jnp.asarray(default_boxes_lib.generate(spec))
     image_size = spec.image_size
@@ -262,8 +263,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if normalization is not None:  # the backbone's input convention wins
             config = ml_collections.ConfigDict(config.to_dict())  # the caller's stays as it is
             config.data.mean, config.data.std = normalization
-            logging.info("input normalization of %s: mean %s std %s", config.init.backbone,
-                         *normalization)  # fmt: skip
+            print(f"input normalization of {config.init.backbone}: mean {normalization[0]} "
+                  f"std {normalization[1]}", flush=True)  # fmt: skip
     schedule = optim.step_schedule(
         scaled_learning_rate(config),
         config.optimizer.warmup_steps,
@@ -313,7 +314,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             ),
         )
         state = restored["state"]
-        logging.info("resumed from %s at step %d", workdir, latest)
+        print(f"resumed from {workdir} at step {latest}", flush=True)
     elif config.init.checkpoint:
         state = restore_weights(config.init.checkpoint, state)
     state = jax.device_put(state, parallel.replicated(mesh))
@@ -444,4 +445,5 @@ if __name__ == "__main__":
     )
     flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go (resumed if present).")
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    # Orbax logs every save and load at INFO: WARNING unless --verbosity says otherwise.
+    app.run(main, flags_parser=quiet_flags_parser)
