@@ -66,14 +66,17 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, use_07_metric: 
     return float(np.sum((recall[changes + 1] - recall[changes]) * precision[changes + 1]))
 
 
-def _pixel_iou(box: np.ndarray, boxes: np.ndarray, plus_one: float) -> np.ndarray:
-    """IoU of one (4,) box with (N, 4) boxes; ``plus_one`` = 1 for devkit pixels."""
-    width = np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]) + plus_one
-    height = np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]) + plus_one
+def _pairwise_pixel_iou_rows(a: np.ndarray, b: np.ndarray, plus_one: float) -> np.ndarray:
+    """(D, M) IoU of each (D, 4) box ``a[d]`` with its own (D, M, 4) boxes ``b[d]``,
+    xyxy; ``plus_one`` = 1 for devkit pixels (a box spans x_max - x_min + 1 pixels)."""
+    a = a[:, None, :]
+    width = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + plus_one
+    height = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + plus_one
     intersection = np.maximum(width, 0) * np.maximum(height, 0)
-    area = (box[2] - box[0] + plus_one) * (box[3] - box[1] + plus_one)
-    areas = (boxes[:, 2] - boxes[:, 0] + plus_one) * (boxes[:, 3] - boxes[:, 1] + plus_one)
-    return intersection / (area + areas - intersection)
+    area_a = (a[..., 2] - a[..., 0] + plus_one) * (a[..., 3] - a[..., 1] + plus_one)
+    area_b = (b[..., 2] - b[..., 0] + plus_one) * (b[..., 3] - b[..., 1] + plus_one)
+    with np.errstate(invalid="ignore", divide="ignore"):  # padding rows: 0 / 0
+        return intersection / (area_a + area_b - intersection)
 
 
 def evaluate(
@@ -102,44 +105,48 @@ def evaluate(
         scaled_gt = [np.asarray(gt.boxes, np.float64).reshape(-1, 4) for gt in ground_truth]
         scaled_det = [np.asarray(det.boxes, np.float64).reshape(-1, 4) for det in detections]
 
+    # Everything concatenated once; ground truth padded per image to (I, M) so
+    # that each detection's best same-class object is one vectorized argmax.
+    num_gt = np.array([len(np.asarray(gt.labels)) for gt in ground_truth], int)
+    width = max(int(num_gt.max(initial=0)), 1)
+    gt_boxes = np.zeros((len(ground_truth), width, 4))
+    gt_labels = np.zeros((len(ground_truth), width), int)  # 0: no object
+    gt_difficult = np.zeros((len(ground_truth), width), bool)
+    for index, (gt, boxes) in enumerate(zip(ground_truth, scaled_gt, strict=True)):
+        n = num_gt[index]
+        gt_boxes[index, :n], gt_labels[index, :n] = boxes, np.asarray(gt.labels)
+        gt_difficult[index, :n] = np.asarray(gt.difficult, bool)
+    det_count = [len(np.asarray(det.scores)) for det in detections]
+    det_image = np.repeat(np.arange(len(detections)), det_count)
+    det_boxes = np.concatenate([*scaled_det, np.zeros((0, 4))])
+    det_scores = np.concatenate([np.asarray(d.scores, np.float64) for d in detections] + [[]])
+    det_labels = np.concatenate([np.asarray(d.labels, int) for d in detections] + [[]])
+    det_labels = det_labels.astype(int)
+
     ap = np.full(num_classes, np.nan)
     num_positives = np.zeros(num_classes, np.int64)
     for label in range(1, num_classes + 1):
-        gt_of_image, difficult_of_image = [], []
-        for gt, boxes in zip(ground_truth, scaled_gt, strict=True):
-            of_class = np.asarray(gt.labels) == label
-            gt_of_image.append(boxes[of_class])
-            difficult_of_image.append(np.asarray(gt.difficult, bool)[of_class])
-        npos = int(sum((~d).sum() for d in difficult_of_image))
+        npos = int(((gt_labels == label) & ~gt_difficult).sum())
         num_positives[label - 1] = npos
+        of_class = np.nonzero(det_labels == label)[0]
+        order = of_class[np.argsort(-det_scores[of_class], kind="stable")]
+        images = det_image[order]
+        overlaps = _pairwise_pixel_iou_rows(det_boxes[order], gt_boxes[images], plus_one)
+        overlaps = np.where(gt_labels[images] == label, overlaps, -np.inf)  # (D, M)
+        best_gt = np.argmax(overlaps, axis=1) if len(order) else np.zeros(0, int)
+        best_iou = overlaps[np.arange(len(order)), best_gt]
+        best_difficult = gt_difficult[images, best_gt]
 
-        image_index, det_boxes, scores = [], [], []
-        for index, (det, boxes) in enumerate(zip(detections, scaled_det, strict=True)):
-            of_class = np.asarray(det.labels) == label
-            image_index.append(np.full(of_class.sum(), index))
-            det_boxes.append(boxes[of_class])
-            scores.append(np.asarray(det.scores, np.float64)[of_class])
-        image_index = np.concatenate(image_index).astype(int)
-        det_boxes, scores = np.concatenate(det_boxes), np.concatenate(scores)
-        order = np.argsort(-scores, kind="stable")
-
-        matched = [np.zeros(len(g), bool) for g in gt_of_image]
+        matched = np.zeros(gt_labels.shape, bool)
         true_positive = np.zeros(len(order))
         false_positive = np.zeros(len(order))
-        for rank, d in enumerate(order):
-            image = image_index[d]
-            candidates = gt_of_image[image]
-            if len(candidates) == 0:
+        for rank, (image, best) in enumerate(zip(images.tolist(), best_gt.tolist(), strict=True)):
+            if best_iou[rank] < iou_threshold:
                 false_positive[rank] = 1
-                continue
-            overlaps = _pixel_iou(det_boxes[d], candidates, plus_one)
-            best = int(np.argmax(overlaps))
-            if overlaps[best] < iou_threshold:
-                false_positive[rank] = 1
-            elif difficult_of_image[image][best]:
+            elif best_difficult[rank]:
                 continue  # neither counts
-            elif not matched[image][best]:
-                matched[image][best] = True
+            elif not matched[image, best]:
+                matched[image, best] = True
                 true_positive[rank] = 1
             else:
                 false_positive[rank] = 1
