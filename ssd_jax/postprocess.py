@@ -37,12 +37,8 @@ class Detections(NamedTuple):
 def greedy_nms(boxes_xyxy: jax.Array, candidate: jax.Array, iou_threshold: float) -> jax.Array:
     """Greedy non-maximum suppression over boxes already sorted by score.
 
-    A candidate is kept unless a kept, higher-ranked box overlaps it with IoU >
-    ``iou_threshold`` (the sequential greedy rule). Computed as the fixed point of
-    ``keep = candidate & ~any_i(keep_i & suppresses_ij)`` iterated from ``keep =
-    candidate``: box j's value depends only on boxes ranked above it, so the fixed
-    point is unique (the greedy result) and k iterations settle the first k boxes;
-    in practice a few matrix passes replace a loop over every box.
+    Walks the boxes in order; a candidate is kept unless a kept, higher-ranked box
+    overlaps it with IoU > ``iou_threshold``.
 
     Args:
       boxes_xyxy: (N, 4) xyxy, best score first.
@@ -52,17 +48,16 @@ def greedy_nms(boxes_xyxy: jax.Array, candidate: jax.Array, iou_threshold: float
     Returns:
       (N,) bool, True for kept boxes.
     """
+    overlaps = pairwise_iou_xyxy(boxes_xyxy, boxes_xyxy) > iou_threshold  # (N, N)
+
+    def visit(i: jax.Array, state: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        keep, suppressed = state
+        keep_i = candidate[i] & ~suppressed[i]
+        return keep.at[i].set(keep_i), suppressed | (keep_i & overlaps[i])
+
     num_boxes = candidate.shape[0]
-    higher_ranked = jnp.arange(num_boxes)[:, None] < jnp.arange(num_boxes)[None, :]
-    # suppresses[i, j]: box i, ranked above j, overlaps it too much  (N, N)
-    suppresses = (pairwise_iou_xyxy(boxes_xyxy, boxes_xyxy) > iou_threshold) & higher_ranked
-
-    def step(state: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        keep, _ = state
-        new_keep = candidate & ~jnp.any(keep[:, None] & suppresses, axis=0)
-        return new_keep, jnp.any(new_keep != keep)
-
-    keep, _ = jax.lax.while_loop(lambda state: state[1], step, (candidate, jnp.array(True)))
+    no_box = jnp.zeros((num_boxes,), bool)
+    keep, _ = jax.lax.fori_loop(0, num_boxes, visit, (no_box, no_box))
     return keep
 
 
