@@ -41,15 +41,15 @@ def read_metrics(jsonl_path: str) -> list[dict]:
 def plot_learning_curve(jsonl_path: str, png_path: str) -> None:
     """Total, localization and confidence training loss against the step (and the
     eval loss when present), as pytorch_SSD's learning-curve figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure: no pyplot, so the caller's matplotlib backend (e.g. a
+    # notebook's inline one) is left alone.
+    from matplotlib.figure import Figure
 
     records = read_metrics(jsonl_path)
     if not records:
         return
-    figure, axes = plt.subplots(figsize=(8, 5))
+    figure = Figure(figsize=(8, 5))
+    axes = figure.subplots()
     for name, style in (
         ("train/loss", "-"),
         ("train/loc", "--"),
@@ -66,4 +66,3 @@ def plot_learning_curve(jsonl_path: str, png_path: str) -> None:
     axes.legend()
     figure.tight_layout()
     figure.savefig(png_path, dpi=100)
-    plt.close(figure)
