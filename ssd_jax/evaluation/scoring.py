@@ -61,10 +61,9 @@ def score(
     is label k's dataset category id (default k).
     """
     if metric == "voc":
-        eleven = voc.evaluate(ground_truth, detections, len(class_names), use_07_metric=True)
-        area = voc.evaluate(ground_truth, detections, len(class_names), use_07_metric=False)
-        per_class = {f"ap/{n}": float(a) for n, a in zip(class_names, eleven.ap, strict=True)}
-        return {"map": eleven.map, "map_area": area.map, **per_class}
+        result = voc.evaluate(ground_truth, detections, len(class_names), use_07_metric=True)
+        per_class = {f"ap/{n}": float(a) for n, a in zip(class_names, result.ap, strict=True)}
+        return {"map": result.map, "map_area": result.map_area, **per_class}
     if metric == "coco":
         category_ids = category_ids or range(1, len(class_names) + 1)
         image_ids = [k if gt.image_id is None else gt.image_id for k, gt in enumerate(ground_truth)]

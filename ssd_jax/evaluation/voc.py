@@ -43,12 +43,16 @@ class ImageDetections(NamedTuple):
 
 
 class VocResult(NamedTuple):
-    """``ap`` (C,) per class (NaN for a class without non-difficult ground truth),
-    ``map`` the mean over classes with ground truth, ``num_positives`` (C,)."""
+    """``ap`` (C,) per class (NaN for a class without non-difficult ground truth)
+    with the interpolation asked for, ``map`` the mean over classes with ground
+    truth, ``num_positives`` (C,); ``ap_area`` / ``map_area`` always the VOC2010+
+    all-point values (same matching, so both come from one pass)."""
 
     ap: np.ndarray
     map: float
     num_positives: np.ndarray
+    ap_area: np.ndarray
+    map_area: float
 
 
 def average_precision(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> float:
@@ -123,7 +127,7 @@ def evaluate(
     det_labels = np.concatenate([np.asarray(d.labels, int) for d in detections] + [[]])
     det_labels = det_labels.astype(int)
 
-    ap = np.full(num_classes, np.nan)
+    ap, ap_area = np.full(num_classes, np.nan), np.full(num_classes, np.nan)
     num_positives = np.zeros(num_classes, np.int64)
     for label in range(1, num_classes + 1):
         npos = int(((gt_labels == label) & ~gt_difficult).sum())
@@ -156,5 +160,7 @@ def evaluate(
         recall = tp / npos
         precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
         ap[label - 1] = average_precision(recall, precision, use_07_metric)
+        ap_area[label - 1] = average_precision(recall, precision, use_07_metric=False)
     valid = ~np.isnan(ap)
-    return VocResult(ap, float(ap[valid].mean()) if valid.any() else float("nan"), num_positives)
+    means = [float(a[valid].mean()) if valid.any() else float("nan") for a in (ap, ap_area)]
+    return VocResult(ap, means[0], num_positives, ap_area, means[1])
