@@ -4,7 +4,8 @@
         [--width 1.0] [--dtype float32] [--output inference.json]
 
 1. The detector (uint8 normalization, network, decode, NMS; one jit) with random
-   weights: images/s and per-batch latency at each batch size.
+   weights: images/s and per-batch latency at each batch size, and the latency
+   of post-processing alone at that batch size (medium case below).
 2. Post-processing alone on a batch of 8 SSD300 outputs with 20 classes, in a
    dense case (nearly every box and class above the 0.01 threshold), a medium and
    a sparse one: ours (``postprocess.detect``, jitted) against the reference
@@ -101,18 +102,23 @@ def main(argv: list[str]) -> None:
                 dtype=jnp.dtype(FLAGS.dtype), rngs=nnx.Rngs(0))  # fmt: skip
     graphdef, state = init_train_state(model, optax.identity())
     detect = jax.jit(make_detect_fn(graphdef, StepSettings(priors, compute_dtype=FLAGS.dtype)))
+    post = jax.jit(postprocess.detect)
     print(f"detector {FLAGS.architecture} width {FLAGS.width} {FLAGS.dtype}")
-    print(f"{'batch':>6} {'latency ms':>11} {'images/s':>9}")
+    print(f"{'batch':>6} {'latency ms':>11} {'images/s':>9} {'of it NMS ms':>13}")
     for batch_size in map(int, FLAGS.batch_sizes):
         images = np.random.default_rng(0).integers(
             0, 256, (batch_size, spec.image_size, spec.image_size, 3), np.uint8
         )
         seconds = time_calls(lambda images=images: detect(state, images), FLAGS.repeats)
+        # Post-processing alone on outputs of this batch size (medium case), to
+        # show which part of the latency is NMS.
+        loc, conf = network_outputs("medium", len(priors), batch=batch_size)
+        post_s = time_calls(lambda loc=loc, conf=conf: post(loc, conf, priors), FLAGS.repeats)
         rows.append({"part": "detector", "batch_size": batch_size, "latency_s": seconds,
-                     "images_per_s": batch_size / seconds})  # fmt: skip
-        print(f"{batch_size:>6} {1000 * seconds:>11.1f} {batch_size / seconds:>9.1f}", flush=True)
+                     "images_per_s": batch_size / seconds, "postprocess_s": post_s})  # fmt: skip
+        print(f"{batch_size:>6} {1000 * seconds:>11.1f} {batch_size / seconds:>9.1f} "
+              f"{1000 * post_s:>13.1f}", flush=True)  # fmt: skip
 
-    post = jax.jit(postprocess.detect)
     print("\npost-processing, batch 8, 20 classes")
     print(f"{'case':>7} {'cand./img':>10} {'dets/img':>9} {'ours ms':>8} {'reference ms':>13}")
     for case in CASES:

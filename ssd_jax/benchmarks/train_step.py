@@ -1,7 +1,8 @@
 """Train-step speed with device-resident synthetic batches (no input pipeline).
 
     python -m ssd_jax.benchmarks.train_step --config configs/ssd300_voc.py \
-        [--batch_size 32] [--dtypes float32,bfloat16] [--steps 10] [--output train_step.json]
+        [--batch_size 32] [--dtypes float32,bfloat16] [--parts full,network] [--steps 10] \
+        [--output train_step.json]
 
 For each compute dtype it reports the compile time and steady-state images/s of
 the full step (normalize, network, matching, loss, gradients, SGD update) and of
@@ -9,8 +10,6 @@ the bare network (forward, backward and update of a plain squared-output loss),
 so the cost of matching and the loss is visible.
 """
 
-import json
-import platform
 import time
 
 import jax
@@ -22,6 +21,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from ssd_jax import default_boxes, optim, parallel
+from ssd_jax.benchmarks.common import write_report
 from ssd_jax.data.classes import COCO_CLASSES, VOC_CLASSES
 from ssd_jax.train import build_model, step_settings
 from ssd_jax.train_step import StepSettings, init_train_state, make_train_step
@@ -30,6 +30,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/ssd300_voc.py", "Training configuration.")
 flags.DEFINE_integer("batch_size", 8, "Global batch size.")
 flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes to measure.")
+flags.DEFINE_list("parts", ["full", "network"], "full (the train step) and/or network (bare).")
 flags.DEFINE_integer("steps", 5, "Timed steps after the first (compiling) one.")
 flags.DEFINE_string("output", "train_step.json", "Where to write the JSON results.")
 
@@ -103,26 +104,19 @@ def main(argv: list[str]) -> None:
             "full": make_train_step(graphdef, optimizer, schedule, settings),
             "network": bare_network_step(graphdef, optimizer, settings),
         }
-        for part, step in steps.items():
+        for part in FLAGS.parts:
+            step = steps[part]
             compile_s, rate = time_step(jax.jit(step), state, batch, FLAGS.steps)
             rows.append(
                 {"dtype": dtype_name, "part": part, "compile_s": compile_s, "images_per_s": rate}
             )
             print(f"{dtype_name:>9} {part:>8} {compile_s:>10.1f} {rate:>9.1f}", flush=True)
-    result = {
-        "benchmark": "train_step",
-        "model": {
-            "architecture": config.model.architecture,
-            "width": config.model.width,
-            "batch_norm": config.model.batch_norm,
-        },
-        "batch_size": FLAGS.batch_size,
-        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-        "machine": f"{platform.machine()}, {jax.default_backend()}",
-        "results": rows,
+    model_details = {
+        "architecture": config.model.architecture,
+        "width": config.model.width,
+        "batch_norm": config.model.batch_norm,
     }
-    with open(FLAGS.output, "w") as f:
-        json.dump(result, f, indent=2)
+    write_report(FLAGS.output, "train_step", rows, model=model_details, batch_size=FLAGS.batch_size)
 
 
 if __name__ == "__main__":
