@@ -34,22 +34,49 @@ class Detections(NamedTuple):
     num_detections: jax.Array
 
 
-def greedy_nms(boxes_xyxy: jax.Array, candidate: jax.Array, iou_threshold: float) -> jax.Array:
+NMS_METHODS = ("auto", "loop", "fixed_point")
+
+
+def greedy_nms(
+    boxes_xyxy: jax.Array, candidate: jax.Array, iou_threshold: float, method: str = "auto"
+) -> jax.Array:
     """Greedy non-maximum suppression over boxes already sorted by score.
 
     Walks the boxes in order; a candidate is kept unless a kept, higher-ranked box
-    overlaps it with IoU > ``iou_threshold``.
+    overlaps it with IoU > ``iou_threshold``. Two exact implementations give the
+    same result:
+
+    - ``"loop"``: one step per box (``fori_loop`` over N), the least work; best
+      on CPU.
+    - ``"fixed_point"``: "keep i unless a kept earlier box overlaps it", applied
+      to the whole keep vector until it stops changing. Box i is final once every
+      earlier box is, so this ends after at most N passes, in practice after the
+      longest chain of suppressions (a few passes), each one (N, N) mask
+      reduction: far fewer sequential steps, which is what a GPU needs.
+    - ``"auto"``: ``loop`` on CPU, ``fixed_point`` elsewhere.
 
     Args:
       boxes_xyxy: (N, 4) xyxy, best score first.
       candidate: (N,) bool, boxes that may be kept at all.
       iou_threshold: suppression threshold.
+      method: one of ``NMS_METHODS``.
 
     Returns:
       (N,) bool, True for kept boxes.
     """
     overlaps = pairwise_iou_xyxy(boxes_xyxy, boxes_xyxy) > iou_threshold  # (N, N)
+    if method == "auto":
+        return jax.lax.platform_dependent(
+            overlaps, candidate, cpu=_nms_loop, default=_nms_fixed_point
+        )
+    if method == "loop":
+        return _nms_loop(overlaps, candidate)
+    if method == "fixed_point":
+        return _nms_fixed_point(overlaps, candidate)
+    raise ValueError(f"unknown NMS method {method!r}; expected one of {NMS_METHODS}")
 
+
+def _nms_loop(overlaps: jax.Array, candidate: jax.Array) -> jax.Array:
     def visit(i: jax.Array, state: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         keep, suppressed = state
         keep_i = candidate[i] & ~suppressed[i]
@@ -61,6 +88,27 @@ def greedy_nms(boxes_xyxy: jax.Array, candidate: jax.Array, iou_threshold: float
     return keep
 
 
+def _nms_fixed_point(overlaps: jax.Array, candidate: jax.Array) -> jax.Array:
+    # suppresses[j, i]: box j ranks above box i and overlaps it.
+    suppresses = jnp.triu(overlaps, k=1)
+
+    def apply(keep: jax.Array) -> jax.Array:
+        return candidate & ~jnp.any(suppresses & keep[:, None], axis=0)
+
+    def changed(state: tuple[jax.Array, jax.Array]) -> jax.Array:
+        keep, previous = state
+        return jnp.any(keep != previous)
+
+    def iterate(state: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        keep, _ = state
+        return apply(keep), keep
+
+    # The fixed point is unique (box i depends only on earlier boxes), so stopping
+    # when nothing changes gives exactly the greedy result.
+    keep, _ = jax.lax.while_loop(changed, iterate, (apply(candidate), candidate))
+    return keep
+
+
 def _detect_one_class(
     scores: jax.Array,
     boxes_xyxy: jax.Array,
@@ -68,12 +116,13 @@ def _detect_one_class(
     iou_threshold: float,
     *,
     top_k: int,
+    nms_method: str,
 ) -> tuple[jax.Array, jax.Array]:
     """(A,) scores and (A, 4) boxes of one class -> (top_k,) scores (-inf where not
     kept) and (top_k, 4) boxes."""
     top_scores, top_index = jax.lax.top_k(scores, top_k)  # best first, lower index on ties
     top_boxes = boxes_xyxy[top_index]
-    keep = greedy_nms(top_boxes, top_scores > score_threshold, iou_threshold)
+    keep = greedy_nms(top_boxes, top_scores > score_threshold, iou_threshold, nms_method)
     return jnp.where(keep, top_scores, -jnp.inf), top_boxes
 
 
@@ -87,6 +136,7 @@ def _detect_one_image(
     *,
     top_k_per_class: int,
     max_detections: int,
+    nms_method: str,
 ) -> Detections:
     probs = jax.nn.softmax(jnp.asarray(conf_logits, jnp.float32), axis=-1)  # (A, C + 1)
     boxes = decode(loc_pred, default_boxes_cxcywh, variances)  # (A, 4)
@@ -94,7 +144,8 @@ def _detect_one_image(
     top_k = min(top_k_per_class, num_boxes)
 
     per_class = jax.vmap(
-        functools.partial(_detect_one_class, top_k=top_k), in_axes=(0, None, None, None)
+        functools.partial(_detect_one_class, top_k=top_k, nms_method=nms_method),
+        in_axes=(0, None, None, None),
     )
     class_scores, class_boxes = per_class(
         probs[:, 1:].T, boxes, score_threshold, iou_threshold
@@ -120,7 +171,7 @@ def _detect_one_image(
     )
 
 
-@functools.partial(jax.jit, static_argnames=("top_k_per_class", "max_detections"))
+@functools.partial(jax.jit, static_argnames=("top_k_per_class", "max_detections", "nms_method"))
 def detect(
     loc_pred: jax.Array,
     conf_logits: jax.Array,
@@ -130,6 +181,7 @@ def detect(
     top_k_per_class: int = 200,
     max_detections: int = 200,
     variances: tuple[float, ...] = VARIANCES,
+    nms_method: str = "auto",
 ) -> Detections:
     """Detections of a batch, the paper's inference procedure.
 
@@ -148,12 +200,16 @@ def detect(
       top_k_per_class: candidates per class entering NMS (static).
       max_detections: K, detections kept per image (static).
       variances: offsets' variances.
+      nms_method: how greedy NMS is computed (same result): see :func:`greedy_nms`.
 
     Returns:
       :class:`Detections` with K rows per image.
     """
     one_image = functools.partial(
-        _detect_one_image, top_k_per_class=top_k_per_class, max_detections=max_detections
+        _detect_one_image,
+        top_k_per_class=top_k_per_class,
+        max_detections=max_detections,
+        nms_method=nms_method,
     )
     per_image = jax.vmap(one_image, in_axes=(0, 0, None, None, None, None))
     return per_image(

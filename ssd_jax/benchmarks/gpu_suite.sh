@@ -3,9 +3,9 @@
 # first (a lent GPU's time is short): SSD300/SSD512 train steps in bf16 (fp32 for
 # SSD300), the detector at batch 1/8/64, and the input pipeline with N workers.
 #
-#   bash ssd_jax/benchmarks/gpu_suite.sh OUT_DIR
+#   bash ssd_jax/benchmarks/gpu_suite.sh OUT_DIR [NAME ...]
 #
-# Each benchmark runs under its own time limit and writes OUT_DIR/<name>.json;
+# NAMEs (default: all) pick benchmarks by the names below. Each benchmark runs under its own time limit and writes OUT_DIR/<name>.json;
 # everything printed goes to OUT_DIR/suite.log as well.
 set -u
 out=${1:-gpu_results}
@@ -13,9 +13,12 @@ mkdir -p "$out"
 log="$out/suite.log"
 python=${PYTHON:-python3}
 
+only=" ${*:2} "
+
 run() {  # run NAME SECONDS MODULE ARGS...
   local name=$1 limit=$2 module=$3
   shift 3
+  [[ "$only" == "  " || "$only" == *" $name "* ]] || return 0
   echo "== $name ($module $*)" | tee -a "$log"
   local start=$SECONDS
   timeout "$limit" "$python" -m "$module" "$@" 2>&1 | grep -v -E '^[IWE][0-9]{4} ' | tee -a "$log"
@@ -37,5 +40,7 @@ run inference512_bf16 90 $bench.inference --architecture ssd512 --dtype bfloat16
   --batch_sizes 8,64 --repeats 20 --noreference --output "$out/inference512_bf16.json"
 run train300_fp32 90 $bench.train_step --config configs/ssd300_voc.py --batch_size 64 \
   --dtypes float32 --parts full --steps 20 --output "$out/train300_fp32.json"
+run train300_bf16_b128 90 $bench.train_step --config configs/ssd300_voc.py --batch_size 128 \
+  --dtypes bfloat16 --parts full --steps 20 --output "$out/train300_bf16_b128.json"
 run input_pipeline 90 $bench.input_pipeline --sizes 300 --workers 0 8 15 --num_images 300 \
   --batches 40 --output "$out/input_pipeline.json"

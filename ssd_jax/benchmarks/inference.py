@@ -5,7 +5,8 @@
 
 1. The detector (uint8 normalization, network, decode, NMS; one jit) with random
    weights: images/s and per-batch latency at each batch size, and the latency
-   of post-processing alone at that batch size (medium case below).
+   of post-processing alone at that batch size (medium case below) with each
+   NMS method (``postprocess.greedy_nms``).
 2. Post-processing alone on a batch of 8 SSD300 outputs with 20 classes, in a
    dense case (nearly every box and class above the 0.01 threshold), a medium and
    a sparse one: ours (``postprocess.detect``, jitted) against the reference
@@ -102,33 +103,40 @@ def main(argv: list[str]) -> None:
                 dtype=jnp.dtype(FLAGS.dtype), rngs=nnx.Rngs(0))  # fmt: skip
     graphdef, state = init_train_state(model, optax.identity())
     detect = jax.jit(make_detect_fn(graphdef, StepSettings(priors, compute_dtype=FLAGS.dtype)))
-    post = jax.jit(postprocess.detect)
-    print(f"detector {FLAGS.architecture} width {FLAGS.width} {FLAGS.dtype}")
-    print(f"{'batch':>6} {'latency ms':>11} {'images/s':>9} {'of it NMS ms':>13}")
+    post = jax.jit(postprocess.detect, static_argnames="nms_method")
+
+    def time_post(loc, conf, nms_method="auto"):
+        return time_calls(lambda: post(loc, conf, priors, nms_method=nms_method), FLAGS.repeats)
+
+    methods = ("loop", "fixed_point")
+    print(f"detector {FLAGS.architecture} width {FLAGS.width} {FLAGS.dtype}; "
+          "post-processing alone (medium case) by NMS method")  # fmt: skip
+    method_columns = " ".join(f"{m:>12}" for m in methods)
+    print(f"{'batch':>6} {'latency ms':>11} {'images/s':>9} {method_columns}")
     for batch_size in map(int, FLAGS.batch_sizes):
         images = np.random.default_rng(0).integers(
             0, 256, (batch_size, spec.image_size, spec.image_size, 3), np.uint8
         )
         seconds = time_calls(lambda images=images: detect(state, images), FLAGS.repeats)
-        # Post-processing alone on outputs of this batch size (medium case), to
-        # show which part of the latency is NMS.
         loc, conf = network_outputs("medium", len(priors), batch=batch_size)
-        post_s = time_calls(lambda loc=loc, conf=conf: post(loc, conf, priors), FLAGS.repeats)
+        post_s = {m: time_post(loc, conf, m) for m in methods}
         rows.append({"part": "detector", "batch_size": batch_size, "latency_s": seconds,
                      "images_per_s": batch_size / seconds, "postprocess_s": post_s})  # fmt: skip
         print(f"{batch_size:>6} {1000 * seconds:>11.1f} {batch_size / seconds:>9.1f} "
-              f"{1000 * post_s:>13.1f}", flush=True)  # fmt: skip
+              + " ".join(f"{1000 * post_s[m]:>12.1f}" for m in methods), flush=True)  # fmt: skip
 
-    print("\npost-processing, batch 8, 20 classes")
-    print(f"{'case':>7} {'cand./img':>10} {'dets/img':>9} {'ours ms':>8} {'reference ms':>13}")
+    print("\npost-processing, batch 8, 20 classes (ours: the method 'auto' picks here)")
+    print(f"{'case':>7} {'cand./img':>10} {'dets/img':>9} {'ours ms':>8} {method_columns} "
+          f"{'reference ms':>13}")  # fmt: skip
     for case in CASES:
         loc, conf = network_outputs(case, len(priors))
         probs = jax.nn.softmax(conf, -1)[..., 1:]
         candidates = float((probs > 0.01).sum() / len(loc))
-        ours_s = time_calls(lambda loc=loc, conf=conf: post(loc, conf, priors), FLAGS.repeats)
+        ours_s = time_post(loc, conf)
+        method_s = {m: time_post(loc, conf, m) for m in methods}
         found = post(loc, conf, priors)
         row = {"part": "postprocess", "case": case, "batch_size": 8,
-               "candidates_per_image": candidates, "ours_s": ours_s,
+               "candidates_per_image": candidates, "ours_s": ours_s, "method_s": method_s,
                "detections_per_image": float(np.mean(found.num_detections))}  # fmt: skip
         reference_s = None
         if FLAGS.reference:
@@ -142,7 +150,8 @@ def main(argv: list[str]) -> None:
         rows.append(row)
         ref_text = f"{1000 * reference_s:>13.1f}" if reference_s else f"{'-':>13}"
         print(f"{case:>7} {candidates:>10.0f} {row['detections_per_image']:>9.0f} "
-              f"{1000 * ours_s:>8.1f} {ref_text}", flush=True)  # fmt: skip
+              f"{1000 * ours_s:>8.1f} " + " ".join(f"{1000 * method_s[m]:>12.1f}" for m in methods)
+              + f" {ref_text}", flush=True)  # fmt: skip
     write_report(FLAGS.output, "inference", rows, architecture=FLAGS.architecture,
                  width=FLAGS.width, dtype=FLAGS.dtype)  # fmt: skip
 
