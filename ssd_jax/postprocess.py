@@ -64,6 +64,7 @@ def greedy_nms(
     Returns:
       (N,) bool, True for kept boxes.
     """
+    candidate = jnp.asarray(candidate, bool)
     overlaps = pairwise_iou_xyxy(boxes_xyxy, boxes_xyxy) > iou_threshold  # (N, N)
     if method == "auto":
         return jax.lax.platform_dependent(

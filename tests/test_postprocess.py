@@ -27,11 +27,12 @@ def assert_same_detections(got, want, image):
     assert not np.asarray(got.classes[image, n:]).any()
 
 
+@pytest.mark.parametrize("nms_method", ["loop", "fixed_point"])
 @pytest.mark.parametrize(
     ("score_threshold", "top_k", "max_detections"),
     [(0.01, 20, 30), (0.3, 5, 100), (0.01, 100, 7)],
 )
-def test_detect_equals_loop_reference(score_threshold, top_k, max_detections):
+def test_detect_equals_loop_reference(score_threshold, top_k, max_detections, nms_method):
     rng = np.random.default_rng(0)
     defaults = default_boxes.generate(SMALL_SPEC)
     num_boxes = len(defaults)
@@ -46,6 +47,7 @@ def test_detect_equals_loop_reference(score_threshold, top_k, max_detections):
         0.45,
         top_k_per_class=top_k,
         max_detections=max_detections,
+        nms_method=nms_method,
     )
     assert got.boxes_xyxy.shape == (3, max_detections, 4)
     assert got.scores.shape == got.classes.shape == got.valid.shape == (3, max_detections)
@@ -63,6 +65,47 @@ def test_detect_equals_loop_reference_ssd300_dense():
     want = ref.detect(loc, conf, defaults, 0.01, 0.45, 200, 200)
     assert len(want[0]) == 200  # dense: the overall cap binds
     assert_same_detections(got, want[0], 0)
+
+
+def _kept_by_reference(boxes, candidate, iou_threshold):
+    order = [i for i in range(len(boxes)) if candidate[i]]
+    kept = ref.nms([boxes[i] for i in order], None, iou_threshold)
+    mask = np.zeros(len(boxes), bool)
+    mask[[order[k] for k in kept]] = True
+    return mask
+
+
+@pytest.mark.parametrize("method", ["loop", "fixed_point", "auto"])
+def test_greedy_nms_methods_equal_reference(method):
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        # clusters of jittered boxes, so suppression chains form
+        centres = rng.uniform(0.2, 0.8, (4, 2))[rng.integers(0, 4, 60)]
+        centres += rng.normal(0, 0.03, centres.shape)
+        sizes = rng.uniform(0.1, 0.3, (60, 2))
+        boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], 1).astype(np.float32)
+        candidate = rng.uniform(size=60) < 0.8
+        threshold = [0.3, 0.45, 0.7][trial % 3]
+        got = postprocess.greedy_nms(boxes, candidate, threshold, method)
+        want = _kept_by_reference(boxes, candidate, threshold)
+        np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}")
+
+
+@pytest.mark.parametrize("method", ["loop", "fixed_point"])
+def test_greedy_nms_worst_case_chain(method):
+    # Box i overlaps only its neighbours (IoU 0.6), so whether box i is kept depends
+    # on every earlier box: greedy keeps 0, 2, 4, ...; the fixed-point method needs
+    # N passes here, its worst case.
+    n = 50
+    left = np.arange(n, dtype=np.float32) * 0.25
+    boxes = np.stack([left, np.zeros(n), left + 1.0, np.ones(n)], 1) / (n * 0.25 + 1)
+    got = postprocess.greedy_nms(boxes.astype(np.float32), np.ones(n, bool), 0.5, method)
+    np.testing.assert_array_equal(got, np.arange(n) % 2 == 0)
+
+
+def test_unknown_nms_method_is_an_error():
+    with pytest.raises(ValueError, match="fixed_point"):
+        postprocess.greedy_nms(np.zeros((2, 4), np.float32), np.ones(2, bool), 0.5, "fast")
 
 
 def test_nms_threshold_is_exclusive_and_boxes_are_clipped():
