@@ -8,6 +8,7 @@ checkpoint. See :func:`train_and_evaluate` for what lands in the workdir.
 import json
 import math
 import os
+import signal
 import time
 
 import grain
@@ -302,86 +303,92 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         os.path.join(workdir, "checkpoints"),
         options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
     )
-    meta = checkpoint_meta_of(config, class_names, workdir)
-    latest = manager.latest_step()
-    if latest is not None:
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        restored = manager.restore(
-            latest,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract),
-                data=grain.checkpoint.CheckpointRestore(iterator),
-            ),
-        )
-        state = restored["state"]
-        print(f"resumed from {workdir} at step {latest}", flush=True)
-    elif config.init.checkpoint:
-        state = restore_weights(config.init.checkpoint, state)
-    state = jax.device_put(state, parallel.replicated(mesh))
-
-    def save(step: int) -> None:
-        manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(iterator),
-                meta=ocp.args.JsonSave(meta),
-            ),
-        )
-
-    eval_source = None
-    if config.eval_every:
-        eval_source = build_source(config.data.eval, class_names)
-
-    writer = MetricsWriter(workdir) if process_index == 0 else None
-    start_step = int(jax.device_get(state["step"]))
-    last_checkpoint = latest
-    pending: list[dict] = []
-    truncated = 0  # objects beyond data.max_boxes dropped from this window's images
-    window_start, start = time.time(), time.time()
-    for step in range(start_step + 1, config.num_steps + 1):
-        local_batch = next(iterator)
-        truncated += int(local_batch["num_truncated"].sum())
-        state, metrics = train_step(state, _global_batch(local_batch, mesh))
-        pending.append(metrics)
-
-        if step % config.log_every == 0 or step == config.num_steps:
-            history = jax.device_get(pending)  # the only host sync of the loop
-            for offset, record in enumerate(history):
-                record["step"] = step - len(history) + 1 + offset
-            _check_finite(history, last_checkpoint)
-            images_per_s = len(history) * config.batch_size / (time.time() - window_start)
-            summary = {
-                k: float(np.mean([r[k] for r in history])) for k in history[-1] if k != "step"
-            }
-            summary["learning_rate"] = float(history[-1]["learning_rate"])
-            summary["images_per_s"] = images_per_s
-            summary["truncated_objects"] = truncated
-            if writer:
-                writer.write(step, summary)
-                _progress(step, config.num_steps, summary, images_per_s, start_step, start)
-            pending, truncated, window_start = [], 0, time.time()
-
-        if step % config.checkpoint_every == 0 or step == config.num_steps:
-            save(step)
-            last_checkpoint = step
-
-        if eval_source is not None and (step % config.eval_every == 0 or step == config.num_steps):
-            result = evaluate_loss(eval_loss, state, eval_source, config, image_size, mesh)
-            result.update(
-                evaluate_detections(detect_fn, state, eval_source, config, image_size, mesh)
+    writer = None
+    try:  # also on errors and SIGTERM (see main): Grain workers must not outlive us
+        meta = checkpoint_meta_of(config, class_names, workdir)
+        latest = manager.latest_step()
+        if latest is not None:
+            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+            restored = manager.restore(
+                latest,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract),
+                    data=grain.checkpoint.CheckpointRestore(iterator),
+                ),
             )
-            if writer:
-                writer.write(step, result, prefix="eval")
-                name, value = scoring.headline(result)
-                loss = result["loss"]
-                print(f"eval at step {step}: loss {loss:.3f} {name} {value:.4f}", flush=True)
+            state = restored["state"]
+            print(f"resumed from {workdir} at step {latest}", flush=True)
+        elif config.init.checkpoint:
+            state = restore_weights(config.init.checkpoint, state)
+        state = jax.device_put(state, parallel.replicated(mesh))
 
-    manager.wait_until_finished()
-    if hasattr(iterator, "close"):  # stops Grain's worker processes
-        iterator.close()
+        def save(step: int) -> None:
+            manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    data=grain.checkpoint.CheckpointSave(iterator),
+                    meta=ocp.args.JsonSave(meta),
+                ),
+            )
+
+        eval_source = None
+        if config.eval_every:
+            eval_source = build_source(config.data.eval, class_names)
+
+        if process_index == 0:
+            writer = MetricsWriter(workdir)
+        start_step = int(jax.device_get(state["step"]))
+        last_checkpoint = latest
+        pending: list[dict] = []
+        truncated = 0  # objects beyond data.max_boxes dropped from this window's images
+        window_start, start = time.time(), time.time()
+        for step in range(start_step + 1, config.num_steps + 1):
+            last = step == config.num_steps
+            local_batch = next(iterator)
+            truncated += int(local_batch["num_truncated"].sum())
+            state, metrics = train_step(state, _global_batch(local_batch, mesh))
+            pending.append(metrics)
+
+            if step % config.log_every == 0 or last:
+                history = jax.device_get(pending)  # the only host sync of the loop
+                for offset, record in enumerate(history):
+                    record["step"] = step - len(history) + 1 + offset
+                _check_finite(history, last_checkpoint)
+                images_per_s = len(history) * config.batch_size / (time.time() - window_start)
+                summary = {
+                    k: float(np.mean([r[k] for r in history])) for k in history[-1] if k != "step"
+                }
+                summary["learning_rate"] = float(history[-1]["learning_rate"])
+                summary["images_per_s"] = images_per_s
+                summary["truncated_objects"] = truncated
+                if writer:
+                    writer.write(step, summary)
+                    _progress(step, config.num_steps, summary, images_per_s, start_step, start)
+                pending, truncated, window_start = [], 0, time.time()
+
+            if step % config.checkpoint_every == 0 or last:
+                save(step)
+                last_checkpoint = step
+
+            if eval_source is not None and (step % config.eval_every == 0 or last):
+                result = evaluate_loss(eval_loss, state, eval_source, config, image_size, mesh)
+                result.update(
+                    evaluate_detections(detect_fn, state, eval_source, config, image_size, mesh)
+                )
+                if writer:
+                    writer.write(step, result, prefix="eval")
+                    name, value = scoring.headline(result)
+                    loss = result["loss"]
+                    print(f"eval at step {step}: loss {loss:.3f} {name} {value:.4f}", flush=True)
+
+    finally:
+        manager.wait_until_finished()  # a checkpoint being written is completed
+        if hasattr(iterator, "close"):  # stops Grain's worker processes
+            iterator.close()
+        if writer:
+            writer.close()
     if writer:
-        writer.close()
         plot_learning_curve(writer.jsonl_path, os.path.join(workdir, "learning_curve.png"))
     return state
 
@@ -432,9 +439,22 @@ def evaluate_detections(detect_fn, state, source, config, image_size: int, mesh)
     )
 
 
+def _exit_cleanly_on_sigterm() -> None:
+    """SIGTERM (``kill``, schedulers, preemption) unwinds the stack like Ctrl-C
+    instead of ending the process on the spot, so ``train_and_evaluate``'s cleanup
+    runs: its checkpoint write completes and Grain's worker processes stop."""
+
+    def stop(signum: int, frame) -> None:
+        del frame
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _exit_cleanly_on_sigterm()
     train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 
 

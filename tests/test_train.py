@@ -1,11 +1,14 @@
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import psutil
 import pytest
 from flax import nnx, traverse_util
 
@@ -166,6 +169,34 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
         train.NonFiniteLossError, match=r"at step \d+ .*last good checkpoint: step 3"
     ):
         train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_sigterm_stops_training_and_its_grain_workers(tmp_path):
+    # Found in use: a training run stopped with `kill` left its Grain worker
+    # processes running. SIGTERM must unwind through train_and_evaluate's cleanup.
+    command = [sys.executable, "-m", "ssd_jax.train", "--config", "configs/tiny.py",
+               "--config.data.num_workers=2", "--config.num_steps=100000",
+               "--config.log_every=1", "--config.eval_every=0",
+               "--config.checkpoint_every=100000", "--workdir", str(tmp_path)]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        metrics = tmp_path / "metrics.jsonl"
+        deadline = time.monotonic() + 300
+        while not (metrics.exists() and metrics.stat().st_size):  # training steps are running
+            assert process.poll() is None, process.communicate()[0]
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.5)
+        children = psutil.Process(process.pid).children(recursive=True)
+        assert len(children) >= 2  # Grain's worker processes (and multiprocessing helpers)
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=120)[0]
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, output
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]
 
 
 @pytest.mark.parametrize(("name", "kind"), [("ssd300_voc", "voc"), ("ssd512_coco", "coco")])
