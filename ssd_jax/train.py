@@ -253,7 +253,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     class_names = tuple(config.data.class_names) if config.data.class_names else None
     train_source = build_source(config.data.train, class_names)
     class_names = tuple(train_source.class_names)
-    print(train_source.skipped.report("train data"), flush=True)
+    if process_index == 0:  # every process reads the same annotations: one report
+        print(train_source.skipped.report("train data"), flush=True)
     spec = default_boxes_lib.preset(config.model.default_boxes or config.model.architecture)
     default_boxes = jnp.asarray(default_boxes_lib.generate(spec))
     image_size = spec.image_size
