@@ -42,6 +42,8 @@ def test_two_processes_train_the_tiny_config_together(tmp_path):
         assert worker.returncode == 0, output[-3000:]
         results.append(json.loads(output.split("RESULT ")[-1]))
     assert [r["process"] for r in results] == [0, 1]
+    # the data-skip report comes from process 0 only
+    assert ["train data:" in output for output in outputs] == [True, False]
     assert all(r["devices"] == 4 and r["step"] == 3 for r in results)
     assert results[0]["checksum"] == results[1]["checksum"]
     data_state = sorted(os.listdir(tmp_path / "checkpoints" / "3" / "data"))
