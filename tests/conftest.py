@@ -1,6 +1,22 @@
-"""Test setup: 8 simulated CPU devices, configured before JAX is first used."""
+"""Test setup: 8 simulated CPU devices, configured before JAX is first used, and
+one persistent XLA compilation cache for the session.
+
+Many tests compile the same tiny networks (in this process and in the commands
+they run as subprocesses, which inherit the cache directory through the
+environment); the cache is new for every session, so no result of an earlier
+run is reused.
+"""
+
+import os
+import tempfile
 
 import jax
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_platforms", "cpu")
+
+_CACHE_DIR = tempfile.mkdtemp(prefix="ssd_jax_tests_xla_cache_")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "1"
+jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

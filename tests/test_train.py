@@ -84,19 +84,24 @@ def tiny_batch(batch_size, seed=0):
 
 
 @pytest.mark.parametrize("batch_norm", [False, True])
-def test_sharded_train_step_equals_single_device_step(batch_norm):
+def test_sharded_train_step_equals_single_device_step_and_compiles_once(batch_norm):
     """The jitted step over 8 devices (batch sharded, state replicated) gives the
-    same loss and updated parameters (and BN statistics) as on one device."""
+    same loss and updated parameters (and BN statistics) as on one device; and with
+    static shapes everywhere and output shardings equal to the input ones, the
+    training loop's step (fed its own donated output) never recompiles."""
     model = train.SSD("ssd300", 3, width=1 / 16, batch_norm=batch_norm, rngs=nnx.Rngs(0))
-    schedule = optim.step_schedule(1e-3, 1, (), 0.1)
+    schedule = optim.step_schedule(1e-3, 2, (2,), 0.1)
     optimizer = optim.make_optimizer("sgd", schedule)
     graphdef, state = init_train_state(model, optimizer)
     priors = default_boxes.generate(default_boxes.preset("ssd300"))
-    step = jax.jit(make_train_step(graphdef, optimizer, schedule, StepSettings(priors)))
+    step_fn = make_train_step(graphdef, optimizer, schedule, StepSettings(priors))
     batch = tiny_batch(8)
     device = jax.devices()[0]
-    one_state, one_metrics = step(jax.device_put(state, device), jax.device_put(batch, device))
+    one_state, one_metrics = jax.jit(step_fn)(
+        jax.device_put(state, device), jax.device_put(batch, device)
+    )
     mesh = parallel.make_data_mesh()
+    step = jax.jit(step_fn, donate_argnums=0)
     all_state, all_metrics = step(
         jax.device_put(state, parallel.replicated(mesh)), parallel.shard_batch(batch, mesh)
     )
@@ -106,22 +111,9 @@ def test_sharded_train_step_equals_single_device_step(batch_norm):
             np.testing.assert_allclose(full, one, rtol=1e-5, atol=1e-5)
     assert int(all_state["step"]) == 1
 
-
-def test_train_step_compiles_once():
-    """Static shapes everywhere and output shardings equal to the input ones: the
-    training loop's step (fed its own donated output) never recompiles."""
-    model = train.SSD("ssd300", 3, width=1 / 16, batch_norm=True, rngs=nnx.Rngs(0))
-    schedule = optim.step_schedule(1e-3, 2, (2,), 0.1)
-    optimizer = optim.make_optimizer("sgd", schedule)
-    graphdef, state = init_train_state(model, optimizer)
-    priors = default_boxes.generate(default_boxes.preset("ssd300"))
-    step = jax.jit(make_train_step(graphdef, optimizer, schedule, StepSettings(priors)),
-                   donate_argnums=0)  # fmt: skip
-    mesh = parallel.make_data_mesh()
-    state = jax.device_put(state, parallel.replicated(mesh))
-    for seed in range(3):  # different images and object counts, same shapes
-        batch = tiny_batch(8, seed=seed)
-        state, metrics = step(state, parallel.shard_batch(batch, mesh))
+    state = all_state
+    for seed in (1, 2):  # different images and object counts, same shapes
+        state, metrics = step(state, parallel.shard_batch(tiny_batch(8, seed=seed), mesh))
     assert np.isfinite(float(metrics["loss"])) and int(state["step"]) == 3
     assert step._cache_size() == 1
 
@@ -175,7 +167,7 @@ def test_sigterm_stops_training_and_its_grain_workers(tmp_path):
     # Found in use: a training run stopped with `kill` left its Grain worker
     # processes running. SIGTERM must unwind through train_and_evaluate's cleanup.
     command = [sys.executable, "-m", "ssd_jax.train", "--config", "configs/tiny.py",
-               "--config.data.num_workers=2", "--config.num_steps=100000",
+               "--config.data.num_workers=1", "--config.num_steps=100000",
                "--config.log_every=1", "--config.eval_every=0",
                "--config.checkpoint_every=100000", "--workdir", str(tmp_path)]  # fmt: skip
     process = subprocess.Popen(
@@ -189,7 +181,7 @@ def test_sigterm_stops_training_and_its_grain_workers(tmp_path):
             assert time.monotonic() < deadline, "training did not start"
             time.sleep(0.5)
         children = psutil.Process(process.pid).children(recursive=True)
-        assert len(children) >= 2  # Grain's worker processes (and multiprocessing helpers)
+        assert children  # Grain's worker process (and multiprocessing helpers)
         process.send_signal(signal.SIGTERM)
         output = process.communicate(timeout=120)[0]
     finally:
