@@ -43,15 +43,15 @@ def greedy_nms(
     """Greedy non-maximum suppression over boxes already sorted by score.
 
     Walks the boxes in order; a candidate is kept unless a kept, higher-ranked box
-    overlaps it with IoU > ``iou_threshold``. Two exact implementations give the
-    same result:
+    overlaps it with IoU > ``iou_threshold``. Two exact implementations (the
+    same result; their speed differs by backend):
 
     - ``"loop"``: one step per box (``fori_loop`` over N), the least work; best
       on CPU.
     - ``"fixed_point"``: "keep i unless a kept earlier box overlaps it", applied
       to the whole keep vector until it stops changing. Box i is final once every
       earlier box is, so this ends after at most N passes, in practice after the
-      longest chain of suppressions (a few passes), each one (N, N) mask
+      longest chain of suppressions (a few passes), each pass one (N, N) mask
       reduction: far fewer sequential steps, which is what a GPU needs.
     - ``"auto"``: ``loop`` on CPU, ``fixed_point`` elsewhere.
 
