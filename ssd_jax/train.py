@@ -304,41 +304,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         os.path.join(workdir, "checkpoints"),
         options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
     )
-    writer = None
+    meta = checkpoint_meta_of(config, class_names, workdir)
+    latest = manager.latest_step()
+    if latest is not None:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        restored = manager.restore(
+            latest,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract),
+                data=grain.checkpoint.CheckpointRestore(iterator),
+            ),
+        )
+        state = restored["state"]
+        print(f"resumed from {workdir} at step {latest}", flush=True)
+    elif config.init.checkpoint:
+        state = restore_weights(config.init.checkpoint, state)
+    state = jax.device_put(state, parallel.replicated(mesh))
+
+    def save(step: int) -> None:
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(iterator),
+                meta=ocp.args.JsonSave(meta),
+            ),
+        )
+
+    eval_source = None
+    if config.eval_every:
+        eval_source = build_source(config.data.eval, class_names)
+
+    writer = MetricsWriter(workdir) if process_index == 0 else None
     try:  # also on errors and SIGTERM (see main): Grain workers must not outlive us
-        meta = checkpoint_meta_of(config, class_names, workdir)
-        latest = manager.latest_step()
-        if latest is not None:
-            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-            restored = manager.restore(
-                latest,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract),
-                    data=grain.checkpoint.CheckpointRestore(iterator),
-                ),
-            )
-            state = restored["state"]
-            print(f"resumed from {workdir} at step {latest}", flush=True)
-        elif config.init.checkpoint:
-            state = restore_weights(config.init.checkpoint, state)
-        state = jax.device_put(state, parallel.replicated(mesh))
-
-        def save(step: int) -> None:
-            manager.save(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state),
-                    data=grain.checkpoint.CheckpointSave(iterator),
-                    meta=ocp.args.JsonSave(meta),
-                ),
-            )
-
-        eval_source = None
-        if config.eval_every:
-            eval_source = build_source(config.data.eval, class_names)
-
-        if process_index == 0:
-            writer = MetricsWriter(workdir)
         start_step = int(jax.device_get(state["step"]))
         last_checkpoint = latest
         pending: list[dict] = []
