@@ -12,21 +12,21 @@ normalization the weights expect is stored with them (``normalization/mean``,
 ``normalization/std``, 0-255 RGB) and training and inference use it.
 """
 
-import argparse
 import os
 
 import numpy as np
+from absl import flags
 
-from ssd_jax.convert import normalization_arrays, read_state_dict, vgg16_backbone
+from ssd_jax.importers.backbone import normalization_arrays, vgg16_backbone
+from ssd_jax.importers.common import read_state_dict
+
+FLAGS = flags.FLAGS
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", required=True, help="VGG16 state dict file")
-    parser.add_argument("--output", required=True, help="output path (.npz is added)")
-    args = parser.parse_args()
-    converted, info = vgg16_backbone(read_state_dict(args.input))
-    output = args.output if args.output.endswith(".npz") else args.output + ".npz"
+def main(argv: list[str]) -> None:
+    del argv
+    converted, info = vgg16_backbone(read_state_dict(FLAGS.input))
+    output = FLAGS.output if FLAGS.output.endswith(".npz") else FLAGS.output + ".npz"
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     np.savez(output, **converted, **normalization_arrays(info))
     print(f"{info['source']}: {len(converted)} arrays -> {output} "
@@ -34,4 +34,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ssd_jax import cli
+
+    flags.DEFINE_string("input", None, "VGG16 state dict file (.pth, .safetensors or .npz).")
+    flags.DEFINE_string("output", None, "Output path (.npz is added).")
+    flags.mark_flags_as_required(["input", "output"])
+    cli.run(main)

@@ -13,7 +13,7 @@ Expected result: depends on the data; the confidence heads are re-initialized
 for the new class count, everything else starts from init.checkpoint.
 """
 
-from ssd_jax.configs import base_config
+from ssd_jax.config_schema import base_config
 
 
 def get_config():

@@ -16,7 +16,7 @@ Expected: VOC07 mAP about 0.6 on the 200 images of the eval split (measured
   are 10 % of the image.
 """
 
-from ssd_jax.configs import base_config
+from ssd_jax.config_schema import base_config
 from ssd_jax.data.synthetic import SHAPE_NAMES
 
 

@@ -7,7 +7,7 @@ Paper (Table 5, trainval35k): 25.1 AP (0.5:0.95), 43.1 AP50. 400k iterations of
 batch 32, lr 1e-3 with x0.1 at 280k and 360k.
 """
 
-from ssd_jax.configs import base_config
+from ssd_jax.config_schema import base_config
 
 
 def get_config():

@@ -10,7 +10,7 @@ ImageNet VGG16 backbone and this schedule (120k iterations of batch 32, lr 1e-3
 with x0.1 at 80k and 100k).
 """
 
-from ssd_jax.configs import base_config
+from ssd_jax.config_schema import base_config
 
 
 def get_config():

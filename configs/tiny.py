@@ -4,7 +4,7 @@ a couple of seconds per step on a CPU.
     python -m ssd_jax.train --config configs/tiny.py --workdir /tmp/tiny
 """
 
-from ssd_jax.configs import base_config
+from ssd_jax.config_schema import base_config
 from ssd_jax.data.synthetic import SHAPE_NAMES
 
 

@@ -1,6 +1,26 @@
-"""Shared command-line plumbing of the entry points."""
+"""What every command shares: its way of running (absl, quiet Orbax logs, user
+mistakes as one line) and the flags that name a checkpoint.
 
-from absl import app
+Commands define their flags under ``if __name__ == "__main__":``, so importing a
+command module (tests, notebooks) defines none.
+"""
+
+import sys
+from collections.abc import Callable
+
+from absl import app, flags
+
+from ssd_jax.errors import UserError
+
+
+def define_checkpoint_flags() -> None:
+    """``--checkpoint`` (a run directory, its ``checkpoints/`` folder, a convert
+    output or one step's folder) and ``--step`` (default: the newest)."""
+    flags.DEFINE_string(
+        "checkpoint", None, "Run directory, its checkpoints/ folder or a convert output folder."
+    )
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+    flags.mark_flags_as_required(["checkpoint"])
 
 
 def quiet_flags_parser(argv: list[str]) -> list[str]:
@@ -9,3 +29,16 @@ def quiet_flags_parser(argv: list[str]) -> list[str]:
     if not any(arg.startswith(("--verbosity", "-v", "--v=")) for arg in argv[1:]):
         argv = [argv[0], "--verbosity=-1", *argv[1:]]
     return app.parse_flags_with_usage(argv)
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """Runs a command's ``main`` with absl. A :class:`~ssd_jax.errors.UserError`
+    ends it with its message on one line and exit status 1, not a traceback."""
+
+    def main_reporting_user_errors(argv: list[str]) -> None:
+        try:
+            main(argv)
+        except UserError as error:
+            sys.exit(f"error: {error}")
+
+    app.run(main_reporting_user_errors, flags_parser=quiet_flags_parser)

@@ -17,7 +17,7 @@ def match(
     gt_labels: jax.Array,
     gt_mask: jax.Array,
     default_boxes_cxcywh: jax.Array,
-    iou_threshold: float = 0.5,
+    match_iou_threshold: float = 0.5,
     variances: tuple[float, ...] = VARIANCES,
 ) -> tuple[jax.Array, jax.Array]:
     """Assigns every default box a class and regression target for one image.
@@ -27,7 +27,7 @@ def match(
     3. Each valid ground truth forces its best default box (first on ties) to be
        positive and matched to it; if two ground truths share a best default box,
        the later one wins.
-    4. Other default boxes are positive where their best IoU >= ``iou_threshold``.
+    4. Other default boxes are positive where their best IoU >= ``match_iou_threshold``.
 
     Padded rows never match, and neither do rows of zero area (they overlap
     nothing; the data pipeline rejects such boxes before they get here). An image
@@ -38,7 +38,7 @@ def match(
       gt_labels: (M,) int, classes in 1..C.
       gt_mask: (M,) bool, True for real ground truth.
       default_boxes_cxcywh: (A, 4) float, normalized cxcywh.
-      iou_threshold: IoU from which a default box is positive.
+      match_iou_threshold: IoU from which a default box is positive.
       variances: offsets' variances (see :mod:`ssd_jax.box_coding`).
 
     Returns:
@@ -62,7 +62,7 @@ def match(
     forced = forcing_gt >= 0
     best_gt = jnp.where(forced, forcing_gt, best_gt)
 
-    positive = forced | (best_gt_iou >= iou_threshold)
+    positive = forced | (best_gt_iou >= match_iou_threshold)
     target_labels = jnp.where(positive, jnp.asarray(gt_labels, jnp.int32)[best_gt], 0)
     # Background rows encode a dummy unit box so that no log(0) enters the graph.
     unit_box = jnp.array([0.0, 0.0, 1.0, 1.0], jnp.float32)
@@ -78,12 +78,12 @@ def match_batch(
     gt_labels: jax.Array,
     gt_mask: jax.Array,
     default_boxes_cxcywh: jax.Array,
-    iou_threshold: float = 0.5,
+    match_iou_threshold: float = 0.5,
     variances: tuple[float, ...] = VARIANCES,
 ) -> tuple[jax.Array, jax.Array]:
     """:func:`match` over a batch: (B, M, 4), (B, M), (B, M) ground truth and shared
     (A, 4) default boxes -> (B, A) int32 labels and (B, A, 4) float32 deltas."""
     per_image = jax.vmap(match, in_axes=(0, 0, 0, None, None, None))
     return per_image(
-        gt_boxes_xyxy, gt_labels, gt_mask, default_boxes_cxcywh, iou_threshold, variances
+        gt_boxes_xyxy, gt_labels, gt_mask, default_boxes_cxcywh, match_iou_threshold, variances
     )

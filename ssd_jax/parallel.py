@@ -9,6 +9,7 @@ and XLA inserts the collectives (gradient all-reduce, global BatchNorm statistic
 from collections.abc import Sequence
 
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
@@ -52,3 +53,13 @@ def shard_batch(batch, mesh: Mesh):
                 "of the data mesh"
             )
     return jax.device_put(batch, batch_sharding(mesh))
+
+
+def global_batch(local_batch: dict, mesh: Mesh, keys: Sequence[str]) -> dict:
+    """The ``keys`` of this process's NumPy batch as global arrays split over the
+    ``data`` axis of ``mesh`` (each process contributes its own rows)."""
+    sharding = batch_sharding(mesh)
+    return {
+        key: jax.make_array_from_process_local_data(sharding, np.asarray(local_batch[key]))
+        for key in keys
+    }

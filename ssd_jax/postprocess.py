@@ -38,12 +38,12 @@ NMS_METHODS = ("auto", "loop", "fixed_point")
 
 
 def greedy_nms(
-    boxes_xyxy: jax.Array, candidate: jax.Array, iou_threshold: float, method: str = "auto"
+    boxes_xyxy: jax.Array, candidate: jax.Array, nms_iou_threshold: float, method: str = "auto"
 ) -> jax.Array:
     """Greedy non-maximum suppression over boxes already sorted by score.
 
     Walks the boxes in order; a candidate is kept unless a kept, higher-ranked box
-    overlaps it with IoU > ``iou_threshold``. Two exact implementations (the
+    overlaps it with IoU > ``nms_iou_threshold``. Two exact implementations (the
     same result; their speed differs by backend):
 
     - ``"loop"``: one step per box (``fori_loop`` over N), the least work; best
@@ -58,14 +58,14 @@ def greedy_nms(
     Args:
       boxes_xyxy: (N, 4) xyxy, best score first.
       candidate: (N,) bool, boxes that may be kept at all.
-      iou_threshold: suppression threshold.
+      nms_iou_threshold: suppression threshold.
       method: one of ``NMS_METHODS``.
 
     Returns:
       (N,) bool, True for kept boxes.
     """
     candidate = jnp.asarray(candidate, bool)
-    overlaps = pairwise_iou_xyxy(boxes_xyxy, boxes_xyxy) > iou_threshold  # (N, N)
+    overlaps = pairwise_iou_xyxy(boxes_xyxy, boxes_xyxy) > nms_iou_threshold  # (N, N)
     if method == "auto":
         return jax.lax.platform_dependent(
             overlaps, candidate, cpu=_nms_loop, default=_nms_fixed_point
@@ -114,7 +114,7 @@ def _detect_one_class(
     scores: jax.Array,
     boxes_xyxy: jax.Array,
     score_threshold: float,
-    iou_threshold: float,
+    nms_iou_threshold: float,
     *,
     top_k: int,
     nms_method: str,
@@ -123,7 +123,7 @@ def _detect_one_class(
     kept) and (top_k, 4) boxes."""
     top_scores, top_index = jax.lax.top_k(scores, top_k)  # best first, lower index on ties
     top_boxes = boxes_xyxy[top_index]
-    keep = greedy_nms(top_boxes, top_scores > score_threshold, iou_threshold, nms_method)
+    keep = greedy_nms(top_boxes, top_scores > score_threshold, nms_iou_threshold, nms_method)
     return jnp.where(keep, top_scores, -jnp.inf), top_boxes
 
 
@@ -132,7 +132,7 @@ def _detect_one_image(
     conf_logits: jax.Array,
     default_boxes_cxcywh: jax.Array,
     score_threshold: float,
-    iou_threshold: float,
+    nms_iou_threshold: float,
     variances: tuple[float, ...],
     *,
     top_k_per_class: int,
@@ -149,7 +149,7 @@ def _detect_one_image(
         in_axes=(0, None, None, None),
     )
     class_scores, class_boxes = per_class(
-        probs[:, 1:].T, boxes, score_threshold, iou_threshold
+        probs[:, 1:].T, boxes, score_threshold, nms_iou_threshold
     )  # (C, top_k), (C, top_k, 4)
 
     flat_scores = class_scores.reshape(-1)  # class-major, so ties go to the lower class
@@ -178,7 +178,7 @@ def detect(
     conf_logits: jax.Array,
     default_boxes_cxcywh: jax.Array,
     score_threshold: float = 0.01,
-    iou_threshold: float = 0.45,
+    nms_iou_threshold: float = 0.45,
     top_k_per_class: int = 200,
     max_detections: int = 200,
     variances: tuple[float, ...] = VARIANCES,
@@ -188,7 +188,7 @@ def detect(
 
     Per image: softmax over classes; decode every default box; per object class,
     take the ``top_k_per_class`` highest-scoring boxes, drop those with score <=
-    ``score_threshold`` and run greedy NMS at ``iou_threshold`` (a box is suppressed
+    ``score_threshold`` and run greedy NMS at ``nms_iou_threshold`` (a box is suppressed
     by IoU > threshold) on the unclipped decoded boxes; then keep the
     ``max_detections`` best over all classes. Returned boxes are clipped to [0, 1].
 
@@ -197,7 +197,7 @@ def detect(
       conf_logits: (B, A, C + 1) class logits, background at index 0.
       default_boxes_cxcywh: (A, 4) normalized cxcywh.
       score_threshold: minimum class probability (exclusive).
-      iou_threshold: NMS IoU threshold.
+      nms_iou_threshold: NMS IoU threshold.
       top_k_per_class: candidates per class entering NMS (static).
       max_detections: K, detections kept per image (static).
       variances: offsets' variances.
@@ -214,5 +214,5 @@ def detect(
     )
     per_image = jax.vmap(one_image, in_axes=(0, 0, None, None, None, None))
     return per_image(
-        loc_pred, conf_logits, default_boxes_cxcywh, score_threshold, iou_threshold, variances
+        loc_pred, conf_logits, default_boxes_cxcywh, score_threshold, nms_iou_threshold, variances
     )

@@ -115,8 +115,12 @@ def test_official_annotation_file_is_restricted_to_evaluated_images_and_classes(
 def test_voc_summary_has_both_interpolations():
     gts, dets = random_records(np.random.default_rng(1), 30, 2)
     result = scoring.score(gts, dets, ["a", "b"], "voc")
-    assert result["map"] == pytest.approx(voc.evaluate(gts, dets, 2, use_07_metric=True).map)
-    assert result["map_area"] == pytest.approx(voc.evaluate(gts, dets, 2, use_07_metric=False).map)
+    assert result["map"] == pytest.approx(
+        voc.mean_average_precision(gts, dets, 2, use_07_metric=True).map
+    )
+    assert result["map_area"] == pytest.approx(
+        voc.mean_average_precision(gts, dets, 2, use_07_metric=False).map
+    )
     assert scoring.headline(result) == ("mAP", result["map"])
     with pytest.raises(ValueError, match="unknown metric"):
         scoring.score(gts, dets, ["a", "b"], "kitti")

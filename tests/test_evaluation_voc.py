@@ -104,10 +104,10 @@ def test_hand_computed_cases():
         voc.ImageDetections(np.array([[0, 0, 0.4, 0.4]]), np.array([0.95]), np.array([1])),
     ]
     # PR points: (0.5, 1), (0.5, 0.5), (1.0, 2/3): 11-point: 6 x 1 + 5 x 2/3
-    result = voc.evaluate(gt, det, num_classes=1, use_07_metric=True)
+    result = voc.mean_average_precision(gt, det, num_classes=1, use_07_metric=True)
     np.testing.assert_allclose(result.ap, [(6 + 5 * 2 / 3) / 11])
     assert result.num_positives.tolist() == [2]
-    area = voc.evaluate(gt, det, num_classes=1, use_07_metric=False)
+    area = voc.mean_average_precision(gt, det, num_classes=1, use_07_metric=False)
     np.testing.assert_allclose(area.ap, [0.5 * 1 + 0.5 * 2 / 3])
 
 
@@ -116,9 +116,9 @@ def test_iou_threshold_is_inclusive_and_classes_separate():
     half = voc.ImageDetections(
         np.array([[0, 0, 0.5, 0.25]]), np.array([0.9]), np.array([2])
     )  # IoU 0.5
-    assert voc.evaluate(gt, [half], num_classes=2).ap[1] == pytest.approx(1.0)
+    assert voc.mean_average_precision(gt, [half], num_classes=2).ap[1] == pytest.approx(1.0)
     wrong_class = voc.ImageDetections(np.array([[0, 0, 0.5, 0.5]]), np.array([0.9]), np.array([1]))
-    result = voc.evaluate(gt, [wrong_class], num_classes=2)
+    result = voc.mean_average_precision(gt, [wrong_class], num_classes=2)
     assert result.ap[1] == 0.0 and np.isnan(result.ap[0]) and result.map == 0.0
 
 
@@ -130,11 +130,11 @@ def test_pixel_convention_when_sizes_are_known():
         )
     ]
     det = [voc.ImageDetections(np.array([[0, 0, 0.4, 0.4]]), np.array([0.9]), np.array([1]))]
-    assert voc.evaluate(gt, det, num_classes=1).ap[0] == pytest.approx(
+    assert voc.mean_average_precision(gt, det, num_classes=1).ap[0] == pytest.approx(
         1.0
     )  # normalized IoU 0.16/0.36 < 0.5 without sizes
     gt_unsized = [gt[0]._replace(size=None)]
-    assert voc.evaluate(gt_unsized, det, num_classes=1).ap[0] == 0.0
+    assert voc.mean_average_precision(gt_unsized, det, num_classes=1).ap[0] == 0.0
 
 
 def random_case(rng, num_images, num_classes):
@@ -162,7 +162,7 @@ def random_case(rng, num_images, num_classes):
 @pytest.mark.parametrize("use_07", [True, False])
 def test_random_cases_equal_the_loop_reference(use_07):
     gts, dets = random_case(np.random.default_rng(0), 60, 3)
-    result = voc.evaluate(gts, dets, num_classes=3, use_07_metric=use_07)
+    result = voc.mean_average_precision(gts, dets, num_classes=3, use_07_metric=use_07)
     expected = slow_voc_ap(
         [(g.boxes, g.labels, g.difficult) for g in gts],
         [(d.boxes, d.scores, d.labels) for d in dets],
@@ -182,7 +182,7 @@ def test_real_ssd300_detections_on_voc2007_test():
             pytest.fail(f"shared evaluation data missing: {DUMP}")
         pytest.skip("shared evaluation data not present")
     gts, dets = load_voc07_dump(DUMP)
-    result = voc.evaluate(gts, dets, num_classes=20)
+    result = voc.mean_average_precision(gts, dets, num_classes=20)
     assert result.num_positives.sum() == 14976
     expected = slow_voc_ap(
         [(g.boxes, g.labels, g.difficult) for g in gts],
@@ -218,5 +218,5 @@ def test_perfect_network_outputs_score_a_perfect_map():
     found = jax.device_get(postprocess.detect(deltas, logits, priors))
     gts, dets = scoring.batch_records(batch, found)
     assert len(gts) == 16 and gts[0].size == (120, 160)
-    result = voc.evaluate(gts, dets, num_classes=4)
+    result = voc.mean_average_precision(gts, dets, num_classes=4)
     assert result.map > 0.97, result.ap

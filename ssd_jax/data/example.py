@@ -28,10 +28,12 @@ import os
 import cv2
 import numpy as np
 
+from ssd_jax.errors import UserError
+
 FIELDS = ("image", "boxes", "labels", "difficult", "is_crowd", "image_id", "height", "width")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data file is missing, unreadable or malformed; the message names it."""
 
 

@@ -29,11 +29,8 @@ import numpy as np
 from absl import flags
 
 from ssd_jax.data.augment import eval_preprocess, train_augment, train_resize_only
+from ssd_jax.data.imagenet import IMAGENET_MEAN_RGB
 
-# ImageNet statistics on 0-255 RGB (torchvision's): the zoom-out canvas colour,
-# and the default input normalization.
-IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
-IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
 DEFAULT_MAX_BOXES = 100  # VOC has at most 42 objects per image, COCO train2017 93
 
 

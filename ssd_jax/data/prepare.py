@@ -8,23 +8,26 @@ TensorFlow. ``--manual_dir`` points TFDS at archives you already downloaded.
 Preparing needs TensorFlow: ``pip install -e ".[prepare]"``.
 """
 
-import argparse
 import os
-import sys
+
+from absl import flags
+
+from ssd_jax.errors import UserError
 
 SUPPORTED = ("voc/2007", "voc/2012", "coco/2017")
 EXTRA_HINT = 'pip install -e ".[prepare]" (the ssd_jax[prepare] extra, which adds TensorFlow)'
+FLAGS = flags.FLAGS
 
 
 def prepare(names: list[str], data_dir: str, manual_dir: str | None = None) -> None:
     """Downloads and prepares each dataset in ``names`` under ``data_dir``."""
     unknown = [name for name in names if name not in SUPPORTED]
-    if unknown:
-        raise SystemExit(f"cannot prepare {unknown}: supported datasets are {list(SUPPORTED)}")
+    if not names or unknown:
+        raise UserError(f"cannot prepare {unknown or names}: give any of {list(SUPPORTED)}")
     try:
         import tensorflow  # noqa: F401  (TFDS's VOC and COCO builders use it)
     except ImportError:
-        raise SystemExit(f"preparing {', '.join(names)} needs TensorFlow: {EXTRA_HINT}") from None
+        raise UserError(f"preparing {', '.join(names)} needs TensorFlow: {EXTRA_HINT}") from None
     import tensorflow_datasets as tfds
 
     for name in names:
@@ -34,16 +37,13 @@ def prepare(names: list[str], data_dir: str, manual_dir: str | None = None) -> N
         print(f"prepared {name} in {data_dir}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("datasets", nargs="+", help=f"any of {', '.join(SUPPORTED)}")
-    parser.add_argument(
-        "--data_dir", default=os.path.expanduser("~/tensorflow_datasets"), help="TFDS data dir"
-    )
-    parser.add_argument("--manual_dir", default=None, help="folder of already downloaded archives")
-    args = parser.parse_args(argv)
-    prepare(args.datasets, args.data_dir, args.manual_dir)
+def main(argv: list[str]) -> None:
+    prepare(argv[1:], os.path.expanduser(FLAGS.data_dir), FLAGS.manual_dir)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from ssd_jax import cli
+
+    flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "TFDS data directory.")
+    flags.DEFINE_string("manual_dir", None, "Folder of already downloaded archives.")
+    cli.run(main)

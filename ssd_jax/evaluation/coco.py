@@ -102,7 +102,7 @@ def _coco_api(backend: str):
     raise ValueError(f"unknown COCO backend {backend!r}: one of {BACKENDS}")
 
 
-def evaluate(
+def bbox_stats(
     ground_truth: dict,
     results: list[dict],
     backend: str = "faster_coco_eval",

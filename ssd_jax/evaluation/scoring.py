@@ -61,7 +61,9 @@ def score(
     is label k's dataset category id (default k).
     """
     if metric == "voc":
-        result = voc.evaluate(ground_truth, detections, len(class_names), use_07_metric=True)
+        result = voc.mean_average_precision(
+            ground_truth, detections, len(class_names), use_07_metric=True
+        )
         per_class = {f"ap/{n}": float(a) for n, a in zip(class_names, result.ap, strict=True)}
         return {"map": result.map, "map_area": result.map_area, **per_class}
     if metric == "coco":
@@ -74,7 +76,7 @@ def score(
         results = coco.results_from_detections(
             detections, image_ids, [gt.size for gt in ground_truth], category_ids
         )
-        return coco.evaluate(dataset, results, coco_backend)
+        return coco.bbox_stats(dataset, results, coco_backend)
     raise ValueError(f"unknown metric {metric!r}: one of {METRICS}")
 
 

@@ -83,11 +83,11 @@ def _pairwise_pixel_iou_rows(a: np.ndarray, b: np.ndarray, plus_one: float) -> n
         return intersection / (area_a + area_b - intersection)
 
 
-def evaluate(
+def mean_average_precision(
     ground_truth: Sequence[ImageGroundTruth],
     detections: Sequence[ImageDetections],
     num_classes: int,
-    iou_threshold: float = 0.5,
+    match_iou_threshold: float = 0.5,
     use_07_metric: bool = True,
 ) -> VocResult:
     """VOC AP per class and mAP of ``detections`` against ``ground_truth`` (one
@@ -145,7 +145,7 @@ def evaluate(
         true_positive = np.zeros(len(order))
         false_positive = np.zeros(len(order))
         for rank, (image, best) in enumerate(zip(images.tolist(), best_gt.tolist(), strict=True)):
-            if best_iou[rank] < iou_threshold:
+            if best_iou[rank] < match_iou_threshold:
                 false_positive[rank] = 1
             elif best_difficult[rank]:
                 continue  # neither counts

@@ -75,7 +75,7 @@ def main(argv: list[str]) -> None:
     rows = []
     gts, dets = load_voc07_dump(FLAGS.voc_dump)
     start = time.perf_counter()
-    result = voc.evaluate(gts, dets, num_classes=20)
+    result = voc.mean_average_precision(gts, dets, num_classes=20)
     seconds = time.perf_counter() - start
     rows.append({"metric": "voc07", "images": len(gts), "objects": int(result.num_positives.sum()),
                  "detections": sum(len(d.scores) for d in dets), "seconds": seconds,

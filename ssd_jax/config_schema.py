@@ -1,16 +1,19 @@
-"""The training configuration schema: every key ``python -m ssd_jax.train`` reads.
+"""The configuration schema: every key the commands read, with its default.
 
 Config files in ``configs/`` start from :func:`base_config` and change values;
 the returned ConfigDict is locked, so a misspelt key (in a file or in a
 ``--config.key=value`` override) fails loudly instead of being ignored.
+:mod:`ssd_jax.build` turns a configuration into objects.
 """
 
 import importlib.util
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 
-from ssd_jax.data.pipeline import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from ssd_jax.data.imagenet import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 
 
 def data_config(kind: str = "voc") -> ml_collections.ConfigDict:
@@ -83,7 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.loss = ml_collections.ConfigDict()
     config.loss.alpha = 1.0
     config.loss.neg_pos_ratio = 3.0
-    config.loss.iou_threshold = 0.5
+    config.loss.match_iou_threshold = 0.5  # a default box is positive from this IoU
 
     config.detection = ml_collections.ConfigDict()  # inference post-processing (the paper's)
     config.detection.score_threshold = 0.01
@@ -105,12 +108,6 @@ def base_config() -> ml_collections.ConfigDict:
     return config
 
 
-def scaled_learning_rate(config: ml_collections.ConfigDict) -> float:
-    """The base learning rate scaled linearly with the global batch size."""
-    opt = config.optimizer
-    return opt.learning_rate * config.batch_size / opt.base_batch_size
-
-
 def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
     """``get_config()`` of a config file, as ``--config`` loads it (for notebooks
     and other Python callers)."""
@@ -120,3 +117,51 @@ def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
+
+
+# Keys renamed since checkpoints were first written (old dotted path -> new), so
+# that the configuration saved with an older checkpoint still reads.
+RENAMED_KEYS = {"loss.iou_threshold": "loss.match_iou_threshold"}
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def from_saved(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A configuration saved as JSON (with a checkpoint) on today's schema: keys
+    renamed since are renamed, keys added since take their defaults, keys no
+    longer in the schema are dropped. Returns a locked ConfigDict."""
+    config = base_config()
+    for path, value in _flatten(saved).items():
+        *parents, name = RENAMED_KEYS.get(path, path).split(".")
+        node = config
+        for parent in parents:
+            node = node.get(parent)
+            if not isinstance(node, ml_collections.ConfigDict):
+                break
+        else:
+            if name in node:
+                node[name] = value
+    config.lock()
+    return config
+
+
+def with_network_of(
+    config: ml_collections.ConfigDict, saved: ml_collections.ConfigDict
+) -> ml_collections.ConfigDict:
+    """A copy of ``config`` (for its data and metric) with what describes a
+    checkpoint's network taken from the checkpoint's configuration ``saved``:
+    the model, class names, input normalization and detection settings."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model = ml_collections.ConfigDict(saved.model.to_dict())
+    config.detection = ml_collections.ConfigDict(saved.detection.to_dict())
+    config.data.class_names = tuple(saved.data.class_names)
+    config.data.mean, config.data.std = tuple(saved.data.mean), tuple(saved.data.std)
+    return config

@@ -1,0 +1,111 @@
+"""Turns a configuration (:mod:`ssd_jax.config_schema`) into the objects a run
+needs: default boxes, data sources, the model, the optimizer and its schedule,
+and the settings of the device steps. Everything below this module takes
+explicit arguments, never a configuration.
+"""
+
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from ssd_jax import default_boxes, optim
+from ssd_jax.data.sources import CocoSource, TfdsSource, VocSource
+from ssd_jax.data.synthetic import SHAPE_NAMES, SyntheticShapes
+from ssd_jax.models import SSD
+from ssd_jax.steps import StepSettings
+
+
+def default_box_spec(model_config: ml_collections.ConfigDict) -> default_boxes.DefaultBoxSpec:
+    """The default-box preset of ``config.model``: ``default_boxes``, or the
+    architecture's paper layout when that is empty."""
+    return default_boxes.preset(model_config.default_boxes or model_config.architecture)
+
+
+def source(data_config: ml_collections.ConfigDict, class_names: tuple[str, ...] | None):
+    """A data source from one ``config.data.train`` / ``config.data.eval`` block;
+    ``class_names`` None means the dataset's own list."""
+    kind = data_config.kind
+    if kind == "voc":
+        splits = [tuple(entry.rsplit(":", 1)) for entry in data_config.voc_splits]
+        if not splits or any(len(s) != 2 or not all(s) for s in splits):
+            raise ValueError(
+                f"voc_splits must be 'root:split' entries, got {data_config.voc_splits}"
+            )
+        return VocSource(splits, **({"class_names": class_names} if class_names else {}))
+    if kind == "coco":
+        return CocoSource(data_config.annotation_file, data_config.image_dir, class_names)
+    if kind == "tfds":
+        tfds_dir = data_config.data_dir or None
+        return TfdsSource(data_config.tfds_name, data_config.tfds_split, tfds_dir, class_names)
+    if kind == "synthetic":
+        return _synthetic_source(data_config, class_names)
+    raise ValueError(f"unknown data kind {kind!r}: voc, coco, tfds or synthetic")
+
+
+def _synthetic_source(data_config: ml_collections.ConfigDict, class_names) -> SyntheticShapes:
+    num_classes = len(class_names) if class_names else 4
+    if class_names and tuple(class_names) != SHAPE_NAMES[:num_classes]:
+        raise ValueError(f"synthetic class_names must be a prefix of {SHAPE_NAMES}")
+    return SyntheticShapes(
+        data_config.num_images,
+        num_classes=num_classes,
+        image_size=(data_config.image_height, data_config.image_width),
+        max_objects=data_config.max_objects,
+        seed=data_config.seed,
+        min_size=data_config.min_size,
+        max_size=data_config.max_size,
+    )
+
+
+def model(model_config: ml_collections.ConfigDict, num_classes: int, seed: int) -> SSD:
+    """The SSD of ``config.model`` for ``num_classes`` object classes, with
+    weights initialized from ``seed``."""
+    return SSD(
+        model_config.architecture,
+        num_classes,
+        boxes_per_location=default_box_spec(model_config).boxes_per_location,
+        batch_norm=model_config.batch_norm,
+        width=model_config.width,
+        dtype=jnp.dtype(model_config.dtype),
+        rngs=nnx.Rngs(seed),
+    )
+
+
+def learning_rate(config: ml_collections.ConfigDict) -> float:
+    """``optimizer.learning_rate`` scaled linearly with the global batch size."""
+    return config.optimizer.learning_rate * config.batch_size / config.optimizer.base_batch_size
+
+
+def optimizer(
+    config: ml_collections.ConfigDict,
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """``(optimizer, schedule)`` of ``config.optimizer`` (warmup, step decay, weight
+    decay on conv kernels, optional gradient clipping)."""
+    opt = config.optimizer
+    schedule = optim.step_schedule(
+        learning_rate(config), opt.warmup_steps, opt.milestones, opt.gamma
+    )
+    transform = optim.make_optimizer(
+        opt.name, schedule, opt.momentum, opt.weight_decay, opt.grad_clip_norm or None
+    )
+    return transform, schedule
+
+
+def step_settings(config: ml_collections.ConfigDict) -> StepSettings:
+    """The device steps' settings: the default boxes of ``config.model``, the input
+    normalization of ``config.data``, ``config.loss`` and ``config.detection``."""
+    detection = config.detection
+    return StepSettings(
+        jnp.asarray(default_boxes.generate(default_box_spec(config.model))),
+        mean=tuple(config.data.mean),
+        std=tuple(config.data.std),
+        compute_dtype=jnp.dtype(config.model.dtype),
+        match_iou_threshold=config.loss.match_iou_threshold,
+        neg_pos_ratio=config.loss.neg_pos_ratio,
+        alpha=config.loss.alpha,
+        score_threshold=detection.score_threshold,
+        nms_iou_threshold=detection.nms_iou_threshold,
+        top_k_per_class=detection.top_k_per_class,
+        max_detections=detection.max_detections,
+    )

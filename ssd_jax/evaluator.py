@@ -1,0 +1,143 @@
+"""A model's pass over an evaluation split: the eval loss and the VOC or COCO
+metric from the same forward passes. Training runs it every ``eval_every``
+steps; ``python -m ssd_jax.evaluate`` runs it on a checkpoint.
+"""
+
+from collections.abc import Callable, Iterator
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from ssd_jax import build, checkpoint, config_schema, inference, parallel, steps
+from ssd_jax.data import pipeline
+from ssd_jax.data.example import DataError
+from ssd_jax.evaluation import scoring
+
+STEP_KEYS = ("image", "boxes", "labels", "mask")  # what the eval step reads
+GROUND_TRUTH_KEYS = (
+    "boxes", "labels", "mask", "difficult", "is_crowd", "is_padding", "height", "width", "image_id"
+)  # fmt: skip
+
+
+class Evaluator:
+    """Runs a jitted :func:`ssd_jax.steps.make_eval_step` over every image of
+    ``source`` (or its first ``max_batches`` batches), each process on its shard,
+    and scores the gathered detections with ``metric`` ("voc" or "coco").
+
+    ``evaluator(variables)`` returns the mean ``loss``, ``loc``, ``conf`` and
+    ``num_pos`` over the batches, and the metric (:func:`scoring.score`).
+    """
+
+    def __init__(
+        self,
+        eval_step: Callable,
+        source,
+        *,
+        image_size: int,
+        batch_size: int,
+        max_boxes: int,
+        metric: str,
+        mesh: jax.sharding.Mesh,
+        max_batches: int = 0,
+    ):
+        if len(source) == 0:
+            raise DataError("the eval split holds no image: check config.data.eval")
+        if metric not in scoring.METRICS:
+            raise ValueError(f"unknown metric {metric!r}: one of {scoring.METRICS}")
+        self.source = source
+        self.metric = metric
+        self.max_batches = max_batches
+        self._eval_step = eval_step
+        self._mesh = mesh
+        self._dataset = pipeline.eval_dataset(
+            source,
+            image_size=image_size,
+            batch_size=batch_size // jax.process_count(),
+            max_boxes=max_boxes,
+            shard_index=jax.process_index(),
+            shard_count=jax.process_count(),
+        )
+
+    def _batches(self) -> Iterator[dict]:
+        for index, batch in enumerate(pipeline.make_iterator(self._dataset)):
+            if self.max_batches and index >= self.max_batches:
+                return
+            yield batch
+
+    def __call__(self, variables: steps.Variables) -> dict[str, float]:
+        losses, ground_truth, detections = [], [], []
+        for batch in self._batches():
+            batch_losses, found = self._eval_step(
+                variables, parallel.global_batch(batch, self._mesh, STEP_KEYS)
+            )
+            losses.append(batch_losses)
+            local = {key: np.asarray(batch[key]) for key in GROUND_TRUTH_KEYS}
+            gathered = multihost_utils.process_allgather({"found": found, "gt": local}, tiled=True)
+            gts, dets = scoring.batch_records(gathered["gt"], gathered["found"])
+            ground_truth += gts
+            detections += dets
+        losses = jax.device_get(losses)
+        result = {key: float(np.mean([loss[key] for loss in losses])) for key in losses[0]}
+        return result | scoring.score(
+            ground_truth,
+            detections,
+            self.source.class_names,
+            self.metric,
+            category_ids=getattr(self.source, "category_ids", None),
+            coco_annotation_file=getattr(self.source, "annotation_file", None),
+        )
+
+
+def make_evaluator(
+    config: ml_collections.ConfigDict, graphdef, mesh: jax.sharding.Mesh, metric: str | None = None
+) -> Evaluator:
+    """The :class:`Evaluator` of ``config.data.eval`` for the network ``graphdef``
+    (settings from ``config``; ``metric`` defaults to ``config.eval_metric``)."""
+    class_names = tuple(config.data.class_names) if config.data.class_names else None
+    eval_step = jax.jit(steps.make_eval_step(graphdef, build.step_settings(config)))
+    return Evaluator(
+        eval_step,
+        build.source(config.data.eval, class_names),
+        image_size=build.default_box_spec(config.model).image_size,
+        batch_size=config.batch_size,
+        max_boxes=config.data.max_boxes,
+        metric=metric or config.eval_metric,
+        mesh=mesh,
+        max_batches=config.eval_batches,
+    )
+
+
+def evaluate_checkpoint(
+    path: str,
+    step: int | None = None,
+    config: ml_collections.ConfigDict | None = None,
+    metric: str | None = None,
+) -> dict[str, float]:
+    """Eval loss and metric of the checkpoint at ``path`` (see
+    :func:`ssd_jax.checkpoint.locate`) over a whole eval split.
+
+    The split, batch size and metric come from the checkpoint's own configuration,
+    or from ``config`` when given (the network's description always comes from the
+    checkpoint); ``metric`` ("voc" or "coco") overrides the configuration's.
+    """
+    location = checkpoint.locate(path, step)
+    saved = checkpoint.saved_config(checkpoint.read_meta(location))
+    config = saved if config is None else config_schema.with_network_of(config, saved)
+    with config.unlocked():
+        config.eval_batches = 0  # the whole split
+    graphdef, variables = inference.restore_network(location, config)
+    mesh = parallel.make_data_mesh()
+    evaluator = make_evaluator(config, graphdef, mesh, metric)
+    return evaluator(jax.device_put(variables, parallel.replicated(mesh)))
+
+
+def format_table(result: dict[str, float]) -> str:
+    """Per-class AP, then the summary numbers, one per line."""
+    per_class = {k.removeprefix("ap/"): v for k, v in result.items() if k.startswith("ap/")}
+    summary = {k: v for k, v in result.items() if not k.startswith("ap/")}
+    width = max(len(name) for name in [*per_class, *summary, "class"])
+    lines = [f"{'class':<{width}}  AP", *(f"{n:<{width}}  {v:.4f}" for n, v in per_class.items())]
+    lines += ["-" * (width + 8), *(f"{n:<{width}}  {v:.4f}" for n, v in summary.items())]
+    return "\n".join(lines)

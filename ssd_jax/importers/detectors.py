@@ -1,0 +1,222 @@
+"""Trained SSD detectors of the PyTorch ports as ssd_jax variables and the
+configuration that describes them: jjjkkkjjj/pytorch_SSD, amdegroot/ssd.pytorch
+and torchvision ``ssd300_vgg16``."""
+
+import os
+from collections.abc import Sequence
+
+import ml_collections
+import numpy as np
+from flax import nnx, traverse_util
+
+from ssd_jax import build, checkpoint, steps
+from ssd_jax.config_schema import base_config
+from ssd_jax.data.classes import COCO_CATEGORY_IDS, COCO_CLASSES, VOC_CLASSES
+from ssd_jax.data.imagenet import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from ssd_jax.importers.backbone import (
+    CAFFE_MEAN_RGB,
+    CAFFE_STD_RGB,
+    SSD_PYTORCH_VGG_CONVS,
+    TORCHVISION_VGG16_CONVS,
+    VGG_CONVS,
+    bgr_to_rgb_input,
+)
+from ssd_jax.importers.common import (
+    ConversionError,
+    Weights,
+    batch_norm,
+    conv,
+    identity_batch_norm,
+    read_state_dict,
+    take,
+)
+
+EXTRA_NAMES = {
+    "ssd300": ("conv8", "conv9", "conv10", "conv11"),
+    "ssd512": ("conv8", "conv9", "conv10", "conv11", "conv12"),
+}
+IMPORTERS = ("pytorch_ssd", "ssd.pytorch", "torchvision")
+
+
+def _heads(
+    weights: Weights, loc_prefix: str, conf_prefix: str, first: int, num_maps: int,
+    background_last: bool = False,
+) -> tuple[Weights, int, tuple[int, ...]]:  # fmt: skip
+    """Loc/conf heads ``{prefix}{first + k}`` -> ``loc_heads/k``, ``conf_heads/k``;
+    returns the weights, C (object classes) and boxes per location."""
+    out: Weights = {}
+    boxes_per_location = tuple(
+        take(weights, f"{loc_prefix}{first + k}.weight", 4).shape[0] // 4 for k in range(num_maps)
+    )
+    conf_out = take(weights, f"{conf_prefix}{first}.weight", 4).shape[0]
+    num_classes = conf_out // boxes_per_location[0] - 1
+    for k in range(num_maps):
+        out |= conv(weights, f"{loc_prefix}{first + k}", f"loc_heads/{k}")
+        head = conv(weights, f"{conf_prefix}{first + k}", f"conf_heads/{k}")
+        if background_last:  # logit order per slot: C objects, background -> background first
+            kernel, bias = head[f"conf_heads/{k}/kernel"], head[f"conf_heads/{k}/bias"]
+            slots = boxes_per_location[k]
+            kernel = np.roll(kernel.reshape(*kernel.shape[:3], slots, num_classes + 1), 1, -1)
+            bias = np.roll(bias.reshape(slots, num_classes + 1), 1, -1)
+            head = {f"conf_heads/{k}/kernel": kernel.reshape(*kernel.shape[:3], -1),
+                    f"conf_heads/{k}/bias": bias.reshape(-1)}  # fmt: skip
+        out |= head
+    return out, num_classes, boxes_per_location
+
+
+def _default_class_names(num_classes: int) -> tuple[str, ...]:
+    if num_classes == len(VOC_CLASSES):
+        return VOC_CLASSES
+    if num_classes == len(COCO_CLASSES):
+        return COCO_CLASSES
+    return tuple(f"class_{k}" for k in range(1, num_classes + 1))
+
+
+def from_pytorch_ssd(weights: Weights) -> tuple[Weights, dict]:
+    """jjjkkkjjj/pytorch_SSD SSD300/SSD512 (with or without BN): ImageNet-normalized
+    RGB input, the pytorch_SSD default boxes, background-last logits (permuted)."""
+    architecture = "ssd512" if any("RL12_1" in key for key in weights) else "ssd300"
+    bn = any(key.startswith("feature_layers.convBnRL") for key in weights)
+    out: Weights = {}
+    layers = [(f"vgg/{n}", n.removeprefix("conv")) for n in (*VGG_CONVS, "conv6", "conv7")]
+    for extra in EXTRA_NAMES[architecture]:
+        layers += [(f"{extra}_{i}", f"{extra.removeprefix('conv')}_{i}") for i in (1, 2)]
+    for ours, number in layers:
+        with_bn = f"feature_layers.convBnRL{number}"
+        if f"{with_bn}.conv.weight" in weights:
+            out |= conv(weights, f"{with_bn}.conv", f"{ours}/conv")
+            out |= batch_norm(weights, f"{with_bn}.bn", f"{ours}/bn")
+        else:
+            out |= conv(weights, f"feature_layers.convRL{number}.conv", f"{ours}/conv")
+            if bn:  # pytorch_SSD leaves conv11_2 without BN; ours has one: make it identity
+                channels = out[f"{ours}/conv/bias"].shape[0]
+                out |= identity_batch_norm(f"{ours}/bn", channels)
+    out["vgg/conv4_3_norm/scale"] = take(weights, "addon_layers.addon_1.scales", 1)
+    num_maps = 2 + len(EXTRA_NAMES[architecture])
+    heads, num_classes, boxes_per_location = _heads(
+        weights, "localization_layers.conv_loc_", "confidence_layers.conv_conf_", 1, num_maps,
+        background_last=True,
+    )  # fmt: skip
+    out |= heads
+    info = {"architecture": architecture, "batch_norm": bn, "num_classes": num_classes,
+            "default_boxes": f"{architecture}_pytorch_ssd",
+            "boxes_per_location": boxes_per_location,
+            "mean": IMAGENET_MEAN_RGB, "std": IMAGENET_STD_RGB}  # fmt: skip
+    return out, info
+
+
+def from_ssd_pytorch(weights: Weights) -> tuple[Weights, dict]:
+    """amdegroot/ssd.pytorch SSD300 (``vgg.N``, ``L2Norm.weight``, ``extras.N``,
+    ``loc.N``, ``conf.N``): Caffe-style BGR input (converted to RGB), background
+    first, the paper's boxes with cxcywh clipping (VOC or, for 80 classes, COCO sizes)."""
+    out: Weights = {}
+    for name, k in zip((*VGG_CONVS, "conv6", "conv7"), SSD_PYTORCH_VGG_CONVS, strict=True):
+        out |= conv(weights, f"vgg.{k}", f"vgg/{name}/conv")
+    bgr_to_rgb_input(out, "vgg/conv1_1/conv/kernel")
+    out["vgg/conv4_3_norm/scale"] = take(weights, "L2Norm.weight", 1)
+    if "extras.8.weight" in weights:
+        raise ConversionError("ssd.pytorch SSD512 is not supported (its extras have no standard)")
+    for k, extra in enumerate(EXTRA_NAMES["ssd300"]):
+        out |= conv(weights, f"extras.{2 * k}", f"{extra}_1/conv")
+        out |= conv(weights, f"extras.{2 * k + 1}", f"{extra}_2/conv")
+    heads, num_classes, boxes_per_location = _heads(weights, "loc.", "conf.", 0, 6)
+    out |= heads
+    coco = num_classes == len(COCO_CLASSES)
+    preset = "ssd300_ssd_pytorch_coco" if coco else "ssd300_ssd_pytorch"
+    info = {"architecture": "ssd300", "batch_norm": False, "num_classes": num_classes,
+            "default_boxes": preset, "boxes_per_location": boxes_per_location,
+            "mean": CAFFE_MEAN_RGB, "std": CAFFE_STD_RGB}  # fmt: skip
+    return out, info
+
+
+def from_torchvision(weights: Weights) -> tuple[Weights, dict]:
+    """torchvision ``ssd300_vgg16``: its default boxes (scales 0.07 ... 1.05, steps
+    8 ... 300), its 91-logit COCO layout (label k = COCO category id k; unused ids
+    get placeholder names), input normalization (RGB minus (123, 117, 104)) and
+    post-processing (400 candidates per class)."""
+    out: Weights = {}
+    for name, k in zip(VGG_CONVS[:10], TORCHVISION_VGG16_CONVS[:10], strict=True):
+        out |= conv(weights, f"backbone.features.{k}", f"vgg/{name}/conv")
+    for name, k in zip(VGG_CONVS[10:], (1, 3, 5), strict=True):
+        out |= conv(weights, f"backbone.extra.0.{k}", f"vgg/{name}/conv")
+    out |= conv(weights, "backbone.extra.0.7.1", "vgg/conv6/conv")
+    out |= conv(weights, "backbone.extra.0.7.3", "vgg/conv7/conv")
+    out["vgg/conv4_3_norm/scale"] = take(weights, "backbone.scale_weight", 1)
+    for k, extra in enumerate(EXTRA_NAMES["ssd300"], start=1):
+        out |= conv(weights, f"backbone.extra.{k}.0", f"{extra}_1/conv")
+        out |= conv(weights, f"backbone.extra.{k}.2", f"{extra}_2/conv")
+    heads, num_classes, boxes_per_location = _heads(
+        weights, "head.regression_head.module_list.", "head.classification_head.module_list.",
+        0, 6,
+    )  # fmt: skip
+    out |= heads
+    name_of = dict(zip(COCO_CATEGORY_IDS, COCO_CLASSES, strict=True))
+    class_names = tuple(name_of.get(k, f"unused_{k}") for k in range(1, num_classes + 1))
+    info = {"architecture": "ssd300", "batch_norm": False, "num_classes": num_classes,
+            "default_boxes": "ssd300_torchvision", "boxes_per_location": boxes_per_location,
+            "mean": CAFFE_MEAN_RGB, "std": CAFFE_STD_RGB, "class_names": class_names,
+            "top_k_per_class": 400}  # fmt: skip
+    return out, info
+
+
+def import_detector(kind: str, weights: Weights) -> tuple[Weights, dict]:
+    """Dispatches to the importer ``kind`` (one of :data:`IMPORTERS`)."""
+    importers = {"pytorch_ssd": from_pytorch_ssd, "ssd.pytorch": from_ssd_pytorch,
+                 "torchvision": from_torchvision}  # fmt: skip
+    if kind not in importers:
+        raise ValueError(f"unknown source {kind!r}: one of {IMPORTERS}")
+    converted, info = importers[kind](weights)
+    info.setdefault("class_names", _default_class_names(info["num_classes"]))
+    return converted, info
+
+
+def detector_config(
+    info: dict, class_names: Sequence[str] | None = None
+) -> ml_collections.ConfigDict:
+    """The configuration (:func:`ssd_jax.config_schema.base_config`) describing an
+    imported detector: architecture, default boxes, classes, input normalization."""
+    config = base_config()
+    config.model.architecture = info["architecture"]
+    config.model.batch_norm = info["batch_norm"]
+    config.model.default_boxes = info["default_boxes"]
+    config.data.class_names = tuple(class_names or info["class_names"])
+    config.data.mean, config.data.std = tuple(info["mean"]), tuple(info["std"])
+    config.detection.top_k_per_class = info.get("top_k_per_class", 200)
+    if len(config.data.class_names) != info["num_classes"]:
+        raise ConversionError(
+            f"{len(config.data.class_names)} class names for a {info['num_classes']}-class model"
+        )
+    return config
+
+
+def assign_weights(model: nnx.Module, converted: Weights) -> None:
+    """Sets every variable of the NNX ``model`` from ``converted`` ("/"-joined
+    paths); a missing, extra or mis-shaped variable is a :class:`ConversionError`."""
+    state = nnx.state(model)
+    paths = traverse_util.flatten_dict(nnx.to_pure_dict(state))
+    ours = {"/".join(map(str, path)): value for path, value in paths.items()}
+    missing = sorted(set(ours) - set(converted))
+    extra = sorted(set(converted) - set(ours))
+    if missing or extra:
+        raise ConversionError(f"variables missing: {missing[:8]}; not in the model: {extra[:8]}")
+    for key, value in converted.items():
+        if value.shape != ours[key].shape:
+            raise ConversionError(f"{key}: converted {value.shape}, model {ours[key].shape}")
+    pure = {path: converted["/".join(map(str, path))] for path in paths}
+    nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(pure))
+    nnx.update(model, state)
+
+
+def convert_detector(
+    kind: str, weights_path: str, output_dir: str, class_names: Sequence[str] | None = None
+) -> tuple[checkpoint.Location, dict]:
+    """Imports the ``kind`` detector (one of :data:`IMPORTERS`) in ``weights_path``
+    and writes it as an ssd_jax checkpoint in ``output_dir`` (the layout training
+    writes). Returns where it went and the importer's ``info``."""
+    converted, info = import_detector(kind, read_state_dict(weights_path))
+    config = detector_config(info, class_names)
+    model = build.model(config.model, len(config.data.class_names), config.seed)
+    assign_weights(model, converted)
+    _, variables = steps.split_model(model)
+    meta = checkpoint.meta_for(config, config.data.class_names, os.path.abspath(output_dir))
+    return checkpoint.write_detector(output_dir, variables, meta), info
