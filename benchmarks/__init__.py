@@ -1,1 +1,2 @@
-"""Benchmarks: ``python -m ssd_jax.benchmarks.<name>``; each prints a table and writes JSON."""
+"""Benchmarks, run from the repository root: ``python -m benchmarks.<name>``; each prints
+a table and writes a JSON report (:func:`benchmarks.common.write_report`)."""

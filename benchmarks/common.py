@@ -1,11 +1,23 @@
-"""Shared pieces of the benchmarks: timing and the JSON report."""
+"""Shared pieces of the benchmarks: timing, the output flag and the JSON report
+(one format for all: benchmark name, settings, machine, result rows)."""
 
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
 
 import jax
+from absl import flags
+
+REPORT_DIR = os.path.join("runs", "benchmarks")  # runs/ is not tracked by git
+
+
+def define_output_flag(name: str) -> None:
+    """``--output``: where the JSON report goes (default ``runs/benchmarks/<name>.json``)."""
+    flags.DEFINE_string(
+        "output", os.path.join(REPORT_DIR, f"{name}.json"), "Where to write the JSON report."
+    )
 
 
 def machine() -> dict:
@@ -29,6 +41,9 @@ def time_calls(fn: Callable[[], object], repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def write_report(path: str, name: str, rows: list[dict], **details) -> None:
+def write_report(path: str, name: str, rows: list[dict], **settings) -> None:
+    """``{"benchmark": name, **settings, **machine(), "results": rows}`` as JSON."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
-        json.dump({"benchmark": name, **details, **machine(), "results": rows}, f, indent=2)
+        json.dump({"benchmark": name, **settings, **machine(), "results": rows}, f, indent=2)
+    print(f"wrote {path}")

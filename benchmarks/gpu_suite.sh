@@ -3,7 +3,7 @@
 # first (a lent GPU's time is short): SSD300/SSD512 train steps in bf16 (fp32 for
 # SSD300), the detector at batch 1/8/64, and the input pipeline with N workers.
 #
-#   bash ssd_jax/benchmarks/gpu_suite.sh OUT_DIR [NAME ...]
+#   bash benchmarks/gpu_suite.sh OUT_DIR [NAME ...]   (from the repository root)
 #
 # NAMEs (default: all) pick benchmarks by the names below. Each benchmark runs under its own time limit and writes OUT_DIR/<name>.json;
 # everything printed goes to OUT_DIR/suite.log as well.
@@ -29,7 +29,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 "$python" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, \
 'optax', optax.__version__, jax.devices())" 2>&1 | tee -a "$log"
 
-bench=ssd_jax.benchmarks
+bench=benchmarks
 run train300_bf16 150 $bench.train_step --config configs/ssd300_voc.py --batch_size 64 \
   --dtypes bfloat16 --steps 30 --output "$out/train300_bf16.json"
 run inference300_bf16 120 $bench.inference --architecture ssd300 --dtype bfloat16 \
@@ -42,5 +42,5 @@ run train300_fp32 90 $bench.train_step --config configs/ssd300_voc.py --batch_si
   --dtypes float32 --parts full --steps 20 --output "$out/train300_fp32.json"
 run train300_bf16_b128 90 $bench.train_step --config configs/ssd300_voc.py --batch_size 128 \
   --dtypes bfloat16 --parts full --steps 20 --output "$out/train300_bf16_b128.json"
-run input_pipeline 90 $bench.input_pipeline --sizes 300 --workers 0 8 15 --num_images 300 \
+run input_pipeline 90 $bench.input_pipeline --sizes 300 --workers 0,8,15 --num_images 300 \
   --batches 40 --output "$out/input_pipeline.json"

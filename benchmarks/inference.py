@@ -1,7 +1,7 @@
 """Inference speed: the whole detector and post-processing alone.
 
-    python -m ssd_jax.benchmarks.inference [--architecture ssd300] [--batch_sizes 1,8,64] \
-        [--width 1.0] [--dtype float32] [--output inference.json]
+    python -m benchmarks.inference [--architecture ssd300] [--batch_sizes 1,8,64] \
+        [--width 1.0] [--dtype float32] [--output runs/benchmarks/inference.json]
 
 1. The detector (uint8 normalization, network, decode, NMS; one jit) with random
    weights: images/s and per-batch latency at each batch size, and the latency
@@ -18,23 +18,14 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import app, flags
 from flax import nnx
 
-from ssd_jax import default_boxes, postprocess
-from ssd_jax.benchmarks.common import time_calls, write_report
+from benchmarks.common import define_output_flag, time_calls, write_report
+from ssd_jax import default_boxes, postprocess, steps
 from ssd_jax.models import SSD
-from ssd_jax.train_step import StepSettings, init_train_state, make_detect_fn
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("architecture", "ssd300", "ssd300 or ssd512.")
-flags.DEFINE_list("batch_sizes", ["1", "8", "64"], "Batch sizes of the detector timing.")
-flags.DEFINE_float("width", 1.0, "Channel multiplier (1.0: the real network).")
-flags.DEFINE_string("dtype", "float32", "Compute dtype of the network.")
-flags.DEFINE_integer("repeats", 5, "Timed calls per measurement (median reported).")
-flags.DEFINE_bool("reference", True, "Also time the PyTorch reference post-processing.")
-flags.DEFINE_string("output", "inference.json", "Where to write the JSON results.")
 
 NUM_CLASSES = 20
 CASES = {  # background logit offset; boxes given one confident class
@@ -61,15 +52,19 @@ def _area(boxes_xyxy):
     return (boxes_xyxy[..., 2] - boxes_xyxy[..., 0]) * (boxes_xyxy[..., 3] - boxes_xyxy[..., 1])
 
 
-def reference_postprocess(loc, conf, priors, threshold=0.01, iou_threshold=0.45, top_k=200):
+def reference_postprocess(
+    loc, conf, default_boxes_cxcywh, threshold=0.01, nms_iou_threshold=0.45, top_k=200
+):
     """pytorch_SSD's inference post-processing (study §8), in PyTorch: per image
     and class, boxes with p > threshold, sorted, the top 200 kept, greedy NMS.
     Background is class 0 here (the reference has it last; same work)."""
     import torch
 
-    loc, conf, priors = (torch.from_numpy(np.asarray(a)) for a in (loc, conf, priors))
-    centres = loc[..., :2] * 0.1 * priors[:, 2:] + priors[:, :2]
-    sizes = torch.exp(loc[..., 2:] * 0.2) * priors[:, 2:]
+    loc, conf, defaults = (
+        torch.from_numpy(np.asarray(a)) for a in (loc, conf, default_boxes_cxcywh)
+    )
+    centres = loc[..., :2] * 0.1 * defaults[:, 2:] + defaults[:, :2]
+    sizes = torch.exp(loc[..., 2:] * 0.2) * defaults[:, 2:]
     boxes = torch.cat([centres - sizes / 2, centres + sizes / 2], -1)
     probs = torch.softmax(conf, -1)
     results = []
@@ -88,7 +83,7 @@ def reference_postprocess(loc, conf, priors, threshold=0.01, iou_threshold=0.45,
                 inter = (bottom_right - top_left).clamp(min=0).prod(-1)
                 union = _area(candidates[best]) + _area(candidates[rest]) - inter
                 iou = inter / union
-                order = rest[iou <= iou_threshold]
+                order = rest[iou <= nms_iou_threshold]
         results.append(torch.stack(rows) if rows else torch.zeros((0, 6)))
     return results
 
@@ -96,17 +91,20 @@ def reference_postprocess(loc, conf, priors, threshold=0.01, iou_threshold=0.45,
 def main(argv: list[str]) -> None:
     del argv
     spec = default_boxes.preset(FLAGS.architecture)
-    priors = jnp.asarray(default_boxes.generate(spec))
+    boxes_cxcywh = jnp.asarray(default_boxes.generate(spec))
     rows = []
 
     model = SSD(FLAGS.architecture, NUM_CLASSES, width=FLAGS.width,
                 dtype=jnp.dtype(FLAGS.dtype), rngs=nnx.Rngs(0))  # fmt: skip
-    graphdef, state = init_train_state(model, optax.identity())
-    detect = jax.jit(make_detect_fn(graphdef, StepSettings(priors, compute_dtype=FLAGS.dtype)))
+    graphdef, variables = steps.split_model(model)
+    settings = steps.StepSettings(boxes_cxcywh, compute_dtype=FLAGS.dtype)
+    detect = jax.jit(steps.make_detect_step(graphdef, settings))
     post = jax.jit(postprocess.detect, static_argnames="nms_method")
 
     def time_post(loc, conf, nms_method="auto"):
-        return time_calls(lambda: post(loc, conf, priors, nms_method=nms_method), FLAGS.repeats)
+        return time_calls(
+            lambda: post(loc, conf, boxes_cxcywh, nms_method=nms_method), FLAGS.repeats
+        )
 
     methods = ("loop", "fixed_point")
     print(f"detector {FLAGS.architecture} width {FLAGS.width} {FLAGS.dtype}; "
@@ -117,8 +115,8 @@ def main(argv: list[str]) -> None:
         images = np.random.default_rng(0).integers(
             0, 256, (batch_size, spec.image_size, spec.image_size, 3), np.uint8
         )
-        seconds = time_calls(lambda images=images: detect(state, images), FLAGS.repeats)
-        loc, conf = network_outputs("medium", len(priors), batch=batch_size)
+        seconds = time_calls(lambda images=images: detect(variables, images), FLAGS.repeats)
+        loc, conf = network_outputs("medium", len(boxes_cxcywh), batch=batch_size)
         post_s = {m: time_post(loc, conf, m) for m in methods}
         rows.append({"part": "detector", "batch_size": batch_size, "latency_s": seconds,
                      "images_per_s": batch_size / seconds, "postprocess_s": post_s})  # fmt: skip
@@ -129,21 +127,21 @@ def main(argv: list[str]) -> None:
     print(f"{'case':>7} {'cand./img':>10} {'dets/img':>9} {'ours ms':>8} {method_columns} "
           f"{'reference ms':>13}")  # fmt: skip
     for case in CASES:
-        loc, conf = network_outputs(case, len(priors))
+        loc, conf = network_outputs(case, len(boxes_cxcywh))
         probs = jax.nn.softmax(conf, -1)[..., 1:]
         candidates = float((probs > 0.01).sum() / len(loc))
         ours_s = time_post(loc, conf)
         method_s = {m: time_post(loc, conf, m) for m in methods}
-        found = post(loc, conf, priors)
+        found = post(loc, conf, boxes_cxcywh)
         row = {"part": "postprocess", "case": case, "batch_size": 8,
                "candidates_per_image": candidates, "ours_s": ours_s, "method_s": method_s,
                "detections_per_image": float(np.mean(found.num_detections))}  # fmt: skip
         reference_s = None
         if FLAGS.reference:
             reference_s = time_calls(
-                lambda loc=loc, conf=conf: reference_postprocess(loc, conf, priors), 1
+                lambda loc=loc, conf=conf: reference_postprocess(loc, conf, boxes_cxcywh), 1
             )
-            kept = reference_postprocess(loc, conf, priors)
+            kept = reference_postprocess(loc, conf, boxes_cxcywh)
             row |= {"reference_s": reference_s,
                     "reference_detections_per_image": float(np.mean([len(k) for k in kept])),
                     "speedup": reference_s / ours_s}  # fmt: skip
@@ -157,4 +155,11 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    flags.DEFINE_string("architecture", "ssd300", "ssd300 or ssd512.")
+    flags.DEFINE_list("batch_sizes", ["1", "8", "64"], "Batch sizes of the detector timing.")
+    flags.DEFINE_float("width", 1.0, "Channel multiplier (1.0: the real network).")
+    flags.DEFINE_string("dtype", "float32", "Compute dtype of the network.")
+    flags.DEFINE_integer("repeats", 5, "Timed calls per measurement (median reported).")
+    flags.DEFINE_bool("reference", True, "Also time the PyTorch reference post-processing.")
+    define_output_flag("inference")
     app.run(main)

@@ -1,7 +1,7 @@
-"""Evaluation speed: the VOC metric on real detections, the COCO metric on a
+"""Metric speed: the VOC metric on real detections, the COCO metric on a
 COCO-sized synthetic set.
 
-    python -m ssd_jax.benchmarks.evaluate \
+    python -m benchmarks.metrics \
         [--voc_dump ../shared/data/voc07_test_ssd300/detections.npz] [--coco_images 5000]
 
 1. VOC07 11-point mAP of a trained SSD300's detections on the 4952 VOC2007 test
@@ -15,15 +15,10 @@ import time
 import numpy as np
 from absl import app, flags
 
-from ssd_jax.benchmarks.common import write_report
+from benchmarks.common import define_output_flag, write_report
 from ssd_jax.evaluation import scoring, voc
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string(
-    "voc_dump", "../shared/data/voc07_test_ssd300/detections.npz", "VOC07 test detections."
-)
-flags.DEFINE_integer("coco_images", 5000, "Images in the synthetic COCO-sized set.")
-flags.DEFINE_string("output", "evaluate.json", "Where to write the JSON results.")
 
 
 def load_voc07_dump(path: str) -> tuple[list[voc.ImageGroundTruth], list[voc.ImageDetections]]:
@@ -90,8 +85,13 @@ def main(argv: list[str]) -> None:
         rows.append({"metric": "coco", "backend": backend, "images": len(gts),
                      "seconds": seconds, "AP": stats["AP"]})  # fmt: skip
         print(f"COCO, {backend}, {len(gts)} images: {seconds:.2f} s (AP {stats['AP']:.4f})")
-    write_report(FLAGS.output, "evaluate", rows)
+    write_report(FLAGS.output, "metrics", rows)
 
 
 if __name__ == "__main__":
+    flags.DEFINE_string(
+        "voc_dump", "../shared/data/voc07_test_ssd300/detections.npz", "VOC07 test detections."
+    )
+    flags.DEFINE_integer("coco_images", 5000, "Images in the synthetic COCO-sized set.")
+    define_output_flag("metrics")
     app.run(main)

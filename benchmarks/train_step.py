@@ -1,8 +1,8 @@
 """Train-step speed with device-resident synthetic batches (no input pipeline).
 
-    python -m ssd_jax.benchmarks.train_step --config configs/ssd300_voc.py \
+    python -m benchmarks.train_step --config configs/ssd300_voc.py \
         [--batch_size 32] [--dtypes float32,bfloat16] [--parts full,network] [--steps 10] \
-        [--output train_step.json]
+        [--output runs/benchmarks/train_step.json]
 
 For each compute dtype it reports the compile time and steady-state images/s of
 the full step (normalize, network, matching, loss, gradients, SGD update) and of
@@ -20,19 +20,12 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from ssd_jax import default_boxes, optim, parallel
-from ssd_jax.benchmarks.common import write_report
+from benchmarks.common import define_output_flag, write_report
+from ssd_jax import build, optim, parallel, steps
 from ssd_jax.data.classes import COCO_CLASSES, VOC_CLASSES
-from ssd_jax.train import build_model, step_settings
-from ssd_jax.train_step import StepSettings, init_train_state, make_train_step
+from ssd_jax.steps import StepSettings
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/ssd300_voc.py", "Training configuration.")
-flags.DEFINE_integer("batch_size", 8, "Global batch size.")
-flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes to measure.")
-flags.DEFINE_list("parts", ["full", "network"], "full (the train step) and/or network (bare).")
-flags.DEFINE_integer("steps", 5, "Timed steps after the first (compiling) one.")
-flags.DEFINE_string("output", "train_step.json", "Where to write the JSON results.")
 
 
 def synthetic_batch(batch_size: int, image_size: int, max_boxes: int, seed: int = 0) -> dict:
@@ -85,10 +78,9 @@ def main(argv: list[str]) -> None:
     mesh = parallel.make_data_mesh()
     kind = config.data.train.kind
     num_classes = len(config.data.class_names or (COCO_CLASSES if kind == "coco" else VOC_CLASSES))
-    spec = default_boxes.preset(config.model.default_boxes or config.model.architecture)
-    priors = default_boxes.generate(spec)
+    image_size = build.default_box_spec(config.model).image_size
     batch = parallel.shard_batch(
-        synthetic_batch(FLAGS.batch_size, spec.image_size, config.data.max_boxes), mesh
+        synthetic_batch(FLAGS.batch_size, image_size, config.data.max_boxes), mesh
     )
     schedule = optim.step_schedule(1e-3, 1, (), 0.1)
     optimizer = optim.make_optimizer("sgd", schedule)
@@ -96,16 +88,16 @@ def main(argv: list[str]) -> None:
     print(f"{'dtype':>9} {'part':>8} {'compile s':>10} {'images/s':>9}")
     for dtype_name in FLAGS.dtypes:
         config.model.dtype = dtype_name
-        model = build_model(config, num_classes, seed=0)
-        graphdef, state = init_train_state(model, optimizer)
+        graphdef, variables = steps.split_model(build.model(config.model, num_classes, seed=0))
+        state = steps.init_train_state(variables, optimizer)
         state = jax.device_put(state, parallel.replicated(mesh))
-        settings = step_settings(config, priors)
-        steps = {
-            "full": make_train_step(graphdef, optimizer, schedule, settings),
+        settings = build.step_settings(config)
+        step_fns = {
+            "full": steps.make_train_step(graphdef, optimizer, schedule, settings),
             "network": bare_network_step(graphdef, optimizer, settings),
         }
         for part in FLAGS.parts:
-            step = steps[part]
+            step = step_fns[part]
             compile_s, rate = time_step(jax.jit(step), state, batch, FLAGS.steps)
             rows.append(
                 {"dtype": dtype_name, "part": part, "compile_s": compile_s, "images_per_s": rate}
@@ -120,4 +112,10 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    config_flags.DEFINE_config_file("config", "configs/ssd300_voc.py", "Training configuration.")
+    flags.DEFINE_integer("batch_size", 8, "Global batch size.")
+    flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes to measure.")
+    flags.DEFINE_list("parts", ["full", "network"], "full (the train step) and/or network (bare).")
+    flags.DEFINE_integer("steps", 5, "Timed steps after the first (compiling) one.")
+    define_output_flag("train_step")
     app.run(main)

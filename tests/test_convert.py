@@ -17,9 +17,11 @@ import pytest
 import torch  # a test dependency (the dev extra): these tests fail, never skip, without it
 from flax import nnx
 
-from ssd_jax import convert, default_boxes, postprocess
+from ssd_jax import checkpoint, default_boxes, postprocess
+from ssd_jax.importers import backbone, common, detectors
+from ssd_jax.inference import load_detector
 from ssd_jax.models import SSD
-from ssd_jax.train_step import normalize_images
+from ssd_jax.steps import normalize_images
 from tests import torch_reference as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +46,7 @@ def ours_outputs(converted, info, image, width=WIDTH):
         boxes_per_location=default_boxes.preset(info["default_boxes"]).boxes_per_location,
         batch_norm=info["batch_norm"], width=width, rngs=nnx.Rngs(0),
     )  # fmt: skip
-    convert.assign_weights(model, converted)
+    detectors.assign_weights(model, converted)
     model.eval()
     x = normalize_images(jnp.asarray(image), info["mean"], info["std"], jnp.float32)
     loc, conf = model(x)
@@ -74,9 +76,9 @@ def assert_same_network(torch_model, converted, info, image, style, background_l
     np.testing.assert_allclose(loc, loc_ref, atol=1e-4, rtol=0)
     np.testing.assert_allclose(conf, conf_ref, atol=1e-4, rtol=0)
     # The same detections (our post-processing on both outputs).
-    priors = jnp.asarray(default_boxes.generate(default_boxes.preset(info["default_boxes"])))
-    ours = postprocess.detect(jnp.asarray(loc), jnp.asarray(conf), priors)
-    theirs = postprocess.detect(jnp.asarray(loc_ref), jnp.asarray(conf_ref), priors)
+    boxes = jnp.asarray(default_boxes.generate(default_boxes.preset(info["default_boxes"])))
+    ours = postprocess.detect(jnp.asarray(loc), jnp.asarray(conf), boxes)
+    theirs = postprocess.detect(jnp.asarray(loc_ref), jnp.asarray(conf_ref), boxes)
     assert_same_detections(ours, theirs, atol=1e-5)
 
 
@@ -108,7 +110,7 @@ def randomized(model):
 def test_pytorch_ssd_import_reproduces_the_network(architecture, batch_norm):
     torch.manual_seed(0)
     model = randomized(ref.PytorchSSD(architecture, 20, batch_norm=batch_norm, width=WIDTH))
-    converted, info = convert.import_detector("pytorch_ssd", numpy_state_dict(model))
+    converted, info = detectors.import_detector("pytorch_ssd", numpy_state_dict(model))
     assert info["architecture"] == architecture and info["batch_norm"] == batch_norm
     assert info["default_boxes"] == f"{architecture}_pytorch_ssd" and info["num_classes"] == 20
     size = 300 if architecture == "ssd300" else 512
@@ -120,7 +122,7 @@ def test_pytorch_ssd_import_reproduces_the_network(architecture, batch_norm):
 def test_ssd_pytorch_import_reproduces_the_network():
     torch.manual_seed(1)
     model = randomized(ref.SsdPytorchSSD(20, width=WIDTH))
-    converted, info = convert.import_detector("ssd.pytorch", numpy_state_dict(model))
+    converted, info = detectors.import_detector("ssd.pytorch", numpy_state_dict(model))
     assert info["default_boxes"] == "ssd300_ssd_pytorch" and info["mean"] == (123.0, 117.0, 104.0)
     assert_same_network(model, converted, info, random_image(300, 1), "caffe_bgr")
 
@@ -128,7 +130,7 @@ def test_ssd_pytorch_import_reproduces_the_network():
 def test_torchvision_import_reproduces_the_network():
     torch.manual_seed(2)
     model = randomized(ref.TorchvisionSSD300(91, width=WIDTH))
-    converted, info = convert.import_detector("torchvision", numpy_state_dict(model))
+    converted, info = detectors.import_detector("torchvision", numpy_state_dict(model))
     assert info["num_classes"] == 90 and info["class_names"][0] == "person"
     assert info["class_names"][11] == "unused_12" and info["class_names"][89] == "toothbrush"
     assert_same_network(model, converted, info, random_image(300, 2), "torchvision")
@@ -159,28 +161,28 @@ def test_fc_layers_are_subsampled_as_in_the_paper():
     rng = np.random.default_rng(0)
     fc6, fc7 = rng.normal(size=(4096, 25088)).astype(np.float32), rng.normal(size=(4096, 4096))
     b6, b7 = rng.normal(size=4096), rng.normal(size=4096)
-    conv6, bias6, conv7, bias7 = convert.reduce_fc(fc6, b6, fc7, b7)
+    conv6, bias6, conv7, bias7 = backbone.reduce_fc(fc6, b6, fc7, b7)
     assert conv6.shape == (1024, 512, 3, 3) and conv7.shape == (1024, 1024, 1, 1)
     for o, c, i, j in [(0, 0, 0, 0), (5, 17, 1, 2), (1023, 511, 2, 2), (300, 3, 2, 0)]:
         # fc6 input index = c * 49 + row * 7 + col, rows/cols 0, 3, 6
         assert conv6[o, c, i, j] == fc6[4 * o, c * 49 + 3 * i * 7 + 3 * j]
     assert conv7[7, 9, 0, 0] == fc7[28, 36] and bias6[3] == b6[12] and bias7[5] == b7[20]
-    with pytest.raises(convert.ConversionError, match="not VGG16"):
-        convert.reduce_fc(fc6[:, :100], b6, fc7, b7)
+    with pytest.raises(common.ConversionError, match="not VGG16"):
+        backbone.reduce_fc(fc6[:, :100], b6, fc7, b7)
 
 
 def test_unknown_files_and_missing_keys_fail_clearly(tmp_path):
-    with pytest.raises(convert.ConversionError, match="missing 'L2Norm.weight'"):
-        convert.import_detector("ssd.pytorch", {"vgg.0.weight": np.zeros((1, 3, 3, 3))} | {
+    with pytest.raises(common.ConversionError, match="missing 'L2Norm.weight'"):
+        detectors.import_detector("ssd.pytorch", {"vgg.0.weight": np.zeros((1, 3, 3, 3))} | {
             f"vgg.{k}.{p}": np.zeros((1, 1, 3, 3) if p == "weight" else (1,))
-            for k in convert.SSD_PYTORCH_VGG_CONVS for p in ("weight", "bias")
+            for k in backbone.SSD_PYTORCH_VGG_CONVS for p in ("weight", "bias")
         })  # fmt: skip
-    with pytest.raises(convert.ConversionError, match="not a VGG16 state dict"):
-        convert.vgg16_backbone({"foo.weight": np.zeros(3)})
+    with pytest.raises(common.ConversionError, match="not a VGG16 state dict"):
+        backbone.vgg16_backbone({"foo.weight": np.zeros(3)})
     with pytest.raises(ValueError, match="unknown source"):
-        convert.import_detector("caffe", {})
+        detectors.import_detector("caffe", {})
     with pytest.raises(FileNotFoundError):
-        convert.read_state_dict(str(tmp_path / "nothing.pth"))
+        common.read_state_dict(str(tmp_path / "nothing.pth"))
 
 
 # --- full size, through the command lines -----------------------------------------
@@ -206,8 +208,6 @@ def trunk_outputs(model, image, mean, std):
 def test_convert_torch_vgg_feeds_the_trunk(tmp_path, batch_norm):
     """torchvision vgg16(_bn) -> convert_torch_vgg.py -> init.backbone: conv4_3 equals
     torchvision's features, conv7 equals pool5 + the reduced fc6/fc7 as convolutions."""
-    from ssd_jax import train
-
     torch.manual_seed(3)
     vgg = ref.TorchvisionVGG16(batch_norm).eval()
     ref.randomize_batch_norm(vgg)
@@ -221,7 +221,8 @@ def test_convert_torch_vgg_feeds_the_trunk(tmp_path, batch_norm):
         source = tmp_path / "vgg.pth"
     run("convert_torch_vgg.py", "--input", str(source), "--output", str(tmp_path / "vgg16_ssd"))
     model = SSD("ssd300", 20, batch_norm=batch_norm, rngs=nnx.Rngs(0))
-    mean, std = train.load_backbone(model, str(tmp_path / "vgg16_ssd.npz"))
+    checkpoint.load_backbone(model, str(tmp_path / "vgg16_ssd.npz"))
+    mean, std = checkpoint.backbone_normalization(str(tmp_path / "vgg16_ssd.npz"))
     assert mean == pytest.approx((123.675, 116.28, 103.53))  # recorded ImageNet normalization
     image = random_image(300, 3)
     conv4_3, conv7 = trunk_outputs(model, image, mean, std)
@@ -251,13 +252,12 @@ def test_vgg16_reducedfc_is_caffe_style(tmp_path):
     torch.manual_seed(4)
     layers = torch.nn.ModuleList(ref.ssd_pytorch_vgg(1.0)).eval()
     weights = {k: v.numpy() for k, v in layers.state_dict().items()}
-    converted, info = convert.vgg16_backbone(weights)
+    converted, info = backbone.vgg16_backbone(weights)
     assert info["mean"] == (123.0, 117.0, 104.0) and info["std"] == (1.0, 1.0, 1.0)
     model = SSD("ssd300", 20, rngs=nnx.Rngs(0))
-    np.savez(tmp_path / "reduced.npz", **converted, **convert.normalization_arrays(info))
-    from ssd_jax import train
-
-    mean, std = train.load_backbone(model, str(tmp_path / "reduced.npz"))
+    np.savez(tmp_path / "reduced.npz", **converted, **backbone.normalization_arrays(info))
+    checkpoint.load_backbone(model, str(tmp_path / "reduced.npz"))
+    mean, std = checkpoint.backbone_normalization(str(tmp_path / "reduced.npz"))
     image = random_image(300, 4)
     _, conv7 = trunk_outputs(model, image, mean, std)
     with torch.no_grad():
@@ -270,20 +270,18 @@ def test_vgg16_reducedfc_is_caffe_style(tmp_path):
 def test_convert_command_writes_a_checkpoint_that_predict_uses(tmp_path):
     """Full-size torchvision ssd300_vgg16 (91 logits) -> python -m ssd_jax.convert ->
     Detector: the same detections as post-processing the torch outputs."""
-    from ssd_jax.predict import Detector
-
     torch.manual_seed(5)
     model = randomized(ref.TorchvisionSSD300(91)).eval()
     torch.save(model.state_dict(), tmp_path / "ssd300_vgg16.pth")
     out = run("-m", "ssd_jax.convert", "--from", "torchvision",
               "--input", str(tmp_path / "ssd300_vgg16.pth"), "--output", str(tmp_path / "imported"))  # fmt: skip
     assert "90 classes" in out
-    detector = Detector(str(tmp_path / "imported" / "checkpoints"))
+    detector = load_detector(str(tmp_path / "imported"))
     assert detector.image_size == 300 and detector.class_names[0] == "person"
     image = random_image(300, 5)
-    found = detector._detect(detector._state, image)
+    found = detector.detect_resized(image)
     with torch.no_grad():
         loc, conf = (t.numpy() for t in model(torch_input(image, "torchvision")))
-    priors = jnp.asarray(default_boxes.generate(default_boxes.preset("ssd300_torchvision")))
-    expected = postprocess.detect(jnp.asarray(loc), jnp.asarray(conf), priors, top_k_per_class=400)
+    boxes = jnp.asarray(default_boxes.generate(default_boxes.preset("ssd300_torchvision")))
+    expected = postprocess.detect(jnp.asarray(loc), jnp.asarray(conf), boxes, top_k_per_class=400)
     assert_same_detections(found, expected, atol=1e-4)

@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 
-from ssd_jax.benchmarks.evaluate import load_voc07_dump
+from benchmarks.metrics import load_voc07_dump
 from ssd_jax.evaluation import scoring, voc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -212,10 +212,10 @@ def test_perfect_network_outputs_score_a_perfect_map():
             pipeline.eval_dataset(source, image_size=300, batch_size=16, max_boxes=8)
         )
     )
-    priors = jnp.asarray(default_boxes.generate(default_boxes.preset("ssd300")))
-    labels, deltas = matching.match_batch(batch["boxes"], batch["labels"], batch["mask"], priors)
+    boxes = jnp.asarray(default_boxes.generate(default_boxes.preset("ssd300")))
+    labels, deltas = matching.match_batch(batch["boxes"], batch["labels"], batch["mask"], boxes)
     logits = 20.0 * jax.nn.one_hot(labels, 5)  # certain of the matched class (or background)
-    found = jax.device_get(postprocess.detect(deltas, logits, priors))
+    found = jax.device_get(postprocess.detect(deltas, logits, boxes))
     gts, dets = scoring.batch_records(batch, found)
     assert len(gts) == 16 and gts[0].size == (120, 160)
     result = voc.mean_average_precision(gts, dets, num_classes=4)

@@ -1,0 +1,228 @@
+"""The run directory on disk (ssd_jax.checkpoint): finding checkpoints, reading
+what travels with them, restoring weights without an optimizer, writing imported
+detectors, backbones, and a checkpoint written before the entry-layer rework."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx, traverse_util
+
+from ssd_jax import build, checkpoint, config_schema, inference, parallel, train
+from ssd_jax.data.augment import resize
+from ssd_jax.data.synthetic import SHAPE_NAMES, SyntheticShapes
+from ssd_jax.evaluator import make_evaluator
+from ssd_jax.models import SSD
+from ssd_jax.steps import normalize_images, split_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(ROOT, "tests", "data", "checkpoint_v0.1")
+with open(os.path.join(FIXTURE, "expected.json")) as file:
+    EXPECTED = json.load(file)
+
+
+def eval_images(count):
+    """The fixture's eval split (its configuration's synthetic data)."""
+    split = SyntheticShapes(16, 3, image_size=(160, 160), max_objects=2, seed=1, min_size=0.2)
+    return [split[k]["image"] for k in range(count)]
+
+
+@pytest.fixture
+def run_copy(tmp_path):
+    shutil.copytree(FIXTURE, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_locate_takes_a_run_its_checkpoints_folder_or_one_step(run_copy):
+    expected = checkpoint.Location(str(run_copy / "checkpoints"), 150)
+    for path in (run_copy, run_copy / "checkpoints", run_copy / "checkpoints" / "150"):
+        assert checkpoint.locate(str(path)) == expected
+    assert checkpoint.locate(str(run_copy), step=150) == expected
+    with pytest.raises(checkpoint.CheckpointError, match=r"has no step 3; it has steps \[150\]"):
+        checkpoint.locate(str(run_copy), step=3)
+    with pytest.raises(checkpoint.CheckpointError, match="is step 150, but step 7"):
+        checkpoint.locate(str(run_copy / "checkpoints" / "150"), step=7)
+    # an unfinished write (Orbax's temporary folder) is not a checkpoint
+    shutil.copytree(run_copy / "checkpoints" / "150",
+                    run_copy / "checkpoints" / "300.orbax-checkpoint-tmp-1")  # fmt: skip
+    assert checkpoint.locate(str(run_copy)).step == 150
+
+
+def test_locate_says_what_it_looked_for_and_creates_nothing(tmp_path):
+    missing = tmp_path / "runs" / "shapse"
+    with pytest.raises(checkpoint.CheckpointError, match="does not exist: give a run's --workdir"):
+        checkpoint.locate(str(missing))
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(checkpoint.CheckpointError) as error:
+        checkpoint.locate(str(tmp_path / "empty"))
+    assert str(tmp_path / "empty" / "checkpoints") in str(error.value)
+    assert os.listdir(tmp_path / "empty") == []
+
+
+def test_a_checkpoint_from_before_the_rework_gives_the_same_network_and_detections():
+    """tests/data/checkpoint_v0.1 (see its README): the network's raw outputs, the
+    detections of four images and the VOC and COCO results on its eval split are
+    those the code that wrote it computed."""
+    location = checkpoint.locate(FIXTURE)
+    config = checkpoint.saved_config(checkpoint.read_meta(location))
+    graphdef, variables = inference.restore_network(location, config)
+    model = nnx.merge(graphdef, variables["params"], variables["batch_stats"])
+    model.eval()
+    image = resize(eval_images(1)[0], 300)[None]
+    loc, conf = model(normalize_images(image, config.data.mean, config.data.std, jnp.float32))
+    outputs = np.load(os.path.join(FIXTURE, "expected_outputs.npz"))
+    # float32 sums of at most 3 * 3 * 1024 / 32 products in another order
+    np.testing.assert_allclose(loc[0], outputs["loc"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(conf[0], outputs["conf"], rtol=1e-4, atol=1e-5)
+
+    detector = inference.load_detector(FIXTURE)
+    found = detector.detect_batch(eval_images(4), score_threshold=0.35)
+    expected = EXPECTED["detections_at_0.35"]
+    assert [[d["class"] for d in image] for image in found] == [
+        [d["class"] for d in image] for image in expected
+    ]
+    for ours, theirs in zip(
+        (d for image in found for d in image), (d for image in expected for d in image)
+    ):
+        # records are rounded to 0.1 pixel and 1e-4: allow one rounding step
+        np.testing.assert_allclose(ours["box"], theirs["box"], atol=0.1 + 1e-3)
+        assert abs(ours["score"] - theirs["score"]) <= 1e-4 + 1e-6
+
+    mesh = parallel.make_data_mesh()
+    with config.unlocked():
+        config.detection.score_threshold = 0.35  # margins: see the fixture's README
+        config.eval_batches = 0
+    replicated = jax.device_put(variables, parallel.replicated(mesh))
+    for metric in ("voc", "coco"):
+        result = make_evaluator(config, graphdef, mesh, metric)(replicated)
+        for name, value in EXPECTED["at_score_threshold_0.35"][metric].items():
+            assert result[name] == pytest.approx(value, rel=1e-9), name
+
+
+def test_a_run_resumes_from_a_checkpoint_from_before_the_rework(run_copy, capsys):
+    config = checkpoint.saved_config(checkpoint.read_meta(checkpoint.locate(str(run_copy))))
+    with config.unlocked():
+        config.num_steps, config.eval_every = 151, 0
+    state = train.train_and_evaluate(config, str(run_copy))
+    assert "at step 150" in capsys.readouterr().out
+    assert int(state["step"]) == 151
+    assert checkpoint.locate(str(run_copy)).step == 151
+    # the data iterator went on from where the old run stopped
+    with open(run_copy / "checkpoints" / "151" / "data" / "process_0-of-1.json") as file:
+        assert json.load(file)["next_index"] == 151
+
+
+def tiny_variables(num_classes, seed, architecture="ssd300"):
+    model = SSD(architecture, num_classes, width=1 / 32, batch_norm=True, rngs=nnx.Rngs(seed))
+    return split_model(model)[1]
+
+
+def flat_params(variables):
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(variables["params"]))
+    return {"/".join(map(str, key)): value for key, value in flat.items()}
+
+
+def test_restore_is_strict_for_inference_and_keeps_new_heads_for_fine_tuning():
+    location = checkpoint.locate(FIXTURE)
+    _, saved = inference.restore_network(
+        location, checkpoint.saved_config(checkpoint.read_meta(location))
+    )
+    two_classes = tiny_variables(2, seed=5)
+    fresh_head = np.asarray(flat_params(two_classes)["conf_heads/0/kernel"]).copy()
+    with pytest.raises(checkpoint.CheckpointError, match=r"params/conf_heads/0/bias is of shape \(16,\), the model.s is \(12,\)"):
+        checkpoint.restore_variables(location, two_classes)
+    two_classes = tiny_variables(2, seed=5)
+    checkpoint.restore_variables(location, two_classes, strict=False)
+    ours, theirs = flat_params(two_classes), flat_params(saved)
+    np.testing.assert_array_equal(
+        ours["vgg/conv1_1/conv/kernel"], theirs["vgg/conv1_1/conv/kernel"]
+    )
+    np.testing.assert_array_equal(ours["loc_heads/0/kernel"], theirs["loc_heads/0/kernel"])
+    np.testing.assert_array_equal(ours["conf_heads/0/kernel"], fresh_head)
+    with pytest.raises(checkpoint.CheckpointError, match="conv12_1/conv/kernel is missing"):
+        checkpoint.restore_variables(location, tiny_variables(3, seed=5, architecture="ssd512"))
+
+
+def test_an_imported_detector_is_variables_and_meta_only(tmp_path):
+    config = config_schema.base_config()
+    config.model.width, config.model.batch_norm = 1 / 32, True
+    config.data.class_names = SHAPE_NAMES[:3]
+    model = build.model(config.model, 3, seed=3)
+    graphdef, variables = split_model(model)
+    meta = checkpoint.meta_for(config, SHAPE_NAMES[:3], str(tmp_path))
+    location = checkpoint.write_detector(str(tmp_path / "imported"), variables, meta)
+    assert location == checkpoint.Location(str(tmp_path / "imported" / "checkpoints"), 0)
+    assert sorted(os.listdir(tmp_path / "imported" / "checkpoints" / "0")) == [
+        "_CHECKPOINT_METADATA", "commit_success.txt", "meta", "state"
+    ]  # fmt: skip
+    loaded = inference.load_detector(str(tmp_path / "imported"))
+    direct = inference.Detector(graphdef, variables, build.step_settings(config),
+                                SHAPE_NAMES[:3], 300)  # fmt: skip
+    images = np.stack([resize(image, 300) for image in eval_images(2)])
+    for name, value in direct.detect_resized(images)._asdict().items():
+        np.testing.assert_array_equal(getattr(loaded.detect_resized(images), name), value)
+
+
+def test_saved_configurations_read_on_todays_schema():
+    saved = {"loss": {"iou_threshold": 0.6, "alpha": 2.0}, "model": {"gone": 1}, "old": 3}
+    config = config_schema.from_saved(saved)
+    assert config.loss.match_iou_threshold == 0.6 and config.loss.alpha == 2.0
+    assert config.detection.nms_iou_threshold == 0.45  # added since: the default
+    assert "old" not in config and "gone" not in config.model
+    meta = checkpoint.read_meta(checkpoint.locate(FIXTURE))
+    assert meta["config"]["data"]["class_names"] == list(SHAPE_NAMES[:3])
+    config = checkpoint.saved_config(meta | {"class_names": ["a", "b", "c"]})
+    assert config.data.class_names == ("a", "b", "c")  # the meta's list is the truth
+
+
+def test_evaluation_config_takes_the_network_from_the_checkpoint():
+    saved = config_schema.base_config()  # as saved with a checkpoint
+    saved.model.width, saved.model.default_boxes = 0.125, "ssd300_torchvision"
+    saved.data.class_names = SHAPE_NAMES[:4]
+    saved.data.mean, saved.data.std = (123.0, 117.0, 104.0), (1.0, 1.0, 1.0)
+    saved.detection.top_k_per_class = 400
+    given = config_schema.base_config()
+    given.data.eval.voc_splits = ("/data/VOC2007:test",)
+    merged = config_schema.with_network_of(given, saved)
+    assert merged.model.width == 0.125 and merged.model.default_boxes == "ssd300_torchvision"
+    assert merged.data.class_names == SHAPE_NAMES[:4] and merged.data.std == (1.0, 1.0, 1.0)
+    assert merged.detection.top_k_per_class == 400
+    assert merged.data.eval.voc_splits == ("/data/VOC2007:test",)  # the data stays the given one
+    assert given.model.width == 1.0  # the given config itself is untouched
+
+
+def test_backbone_weights_load_into_the_trunk_with_their_normalization(tmp_path):
+    donor = SSD("ssd300", 3, width=1 / 16, rngs=nnx.Rngs(1))
+    weights = {
+        f"vgg/{name}": np.asarray(value)
+        for name, value in traverse_util.flatten_dict(
+            nnx.to_pure_dict(nnx.state(donor.vgg)), sep="/"
+        ).items()
+    }
+    np.savez(tmp_path / "vgg.npz", **weights)
+    assert checkpoint.backbone_normalization(str(tmp_path / "vgg.npz")) is None
+    np.savez(tmp_path / "caffe.npz", **weights, **{
+        "normalization/mean": np.array([123.0, 117.0, 104.0]),
+        "normalization/std": np.ones(3)})  # fmt: skip
+    normalization = checkpoint.backbone_normalization(str(tmp_path / "caffe.npz"))
+    assert normalization == ((123.0, 117.0, 104.0), (1.0, 1.0, 1.0))
+    model = SSD("ssd300", 3, width=1 / 16, rngs=nnx.Rngs(0))
+    head_before = np.asarray(model.conf_heads[0].kernel[...]).copy()
+    checkpoint.load_backbone(model, str(tmp_path / "caffe.npz"))
+    np.testing.assert_array_equal(
+        model.vgg.conv5_3.conv.kernel[...], donor.vgg.conv5_3.conv.kernel[...]
+    )
+    np.testing.assert_array_equal(
+        model.vgg.conv4_3_norm.scale[...], donor.vgg.conv4_3_norm.scale[...]
+    )
+    np.testing.assert_array_equal(model.conf_heads[0].kernel[...], head_before)  # heads untouched
+    np.savez(tmp_path / "bad.npz", **{"vgg/conv1_1/conv/kernel": np.zeros((3, 3, 3, 1))})
+    with pytest.raises(checkpoint.CheckpointError, match="has shape"):
+        checkpoint.load_backbone(model, str(tmp_path / "bad.npz"))
+    with pytest.raises(checkpoint.CheckpointError, match="no backbone weights file"):
+        checkpoint.backbone_normalization(str(tmp_path / "missing.npz"))
