@@ -169,10 +169,11 @@ def restore_variables(location: Location, variables: Variables, strict: bool = T
             if found is not None and found.shape == value.shape:
                 ours[key] = found
             elif strict:
-                got = "missing" if found is None else f"of shape {found.shape}"
+                name = f"{part}/{'/'.join(map(str, key))}"
+                there = "is not in it" if found is None else f"has shape {found.shape} there"
                 raise CheckpointError(
-                    f"{location.directory} step {location.step}: {part}/"
-                    f"{'/'.join(map(str, key))} is {got}, the model's is {value.shape}"
+                    f"{location.directory} step {location.step} does not hold this network: "
+                    f"{name} {there}, the model's has shape {value.shape}"
                 )
         nnx.replace_by_pure_dict(variables[part], traverse_util.unflatten_dict(ours))
     return variables

@@ -355,12 +355,20 @@ def test_tfds_import_does_not_load_tensorflow():
 
 
 def test_prepare_without_tensorflow_names_the_extra(monkeypatch, tmp_path):
+    import subprocess
     import sys
 
     from ssd_jax.data import prepare
+    from ssd_jax.errors import UserError
 
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # as if TensorFlow were not installed
-    with pytest.raises(SystemExit, match=r"coco/2017 needs TensorFlow: .*ssd_jax\[prepare\]"):
-        prepare.main(["coco/2017", "--data_dir", str(tmp_path)])
-    with pytest.raises(SystemExit, match="supported datasets are"):
-        prepare.main(["imagenet/2012"])
+    with pytest.raises(UserError, match=r"coco/2017 needs TensorFlow: .*ssd_jax\[prepare\]"):
+        prepare.prepare(["coco/2017"], str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-m", "ssd_jax.data.prepare", "imagenet/2012", "--data_dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: cannot prepare ['imagenet/2012']: give any of ['voc/2007', 'voc/2012', 'coco/2017']"
+    )

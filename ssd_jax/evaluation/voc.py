@@ -83,6 +83,34 @@ def _pairwise_pixel_iou_rows(a: np.ndarray, b: np.ndarray, plus_one: float) -> n
         return intersection / (area_a + area_b - intersection)
 
 
+def _greedy_matches(
+    det_boxes: np.ndarray, images: np.ndarray, label: int, gt_boxes: np.ndarray,
+    gt_labels: np.ndarray, gt_difficult: np.ndarray, plus_one: float, match_iou_threshold: float,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """True- and false-positive flags (D,) of one class's detections, best score
+    first: (D, 4) boxes of ``images`` (D,), against ground truth padded to (I, M)."""
+    overlaps = _pairwise_pixel_iou_rows(det_boxes, gt_boxes[images], plus_one)
+    overlaps = np.where(gt_labels[images] == label, overlaps, -np.inf)  # (D, M)
+    best_gt = np.argmax(overlaps, axis=1) if len(images) else np.zeros(0, int)
+    best_iou = overlaps[np.arange(len(images)), best_gt]
+    best_difficult = gt_difficult[images, best_gt]
+
+    matched = np.zeros(gt_labels.shape, bool)
+    true_positive = np.zeros(len(images))
+    false_positive = np.zeros(len(images))
+    for rank, (image, best) in enumerate(zip(images.tolist(), best_gt.tolist(), strict=True)):
+        if best_iou[rank] < match_iou_threshold:
+            false_positive[rank] = 1
+        elif best_difficult[rank]:
+            continue  # neither counts
+        elif not matched[image, best]:
+            matched[image, best] = True
+            true_positive[rank] = 1
+        else:
+            false_positive[rank] = 1
+    return true_positive, false_positive
+
+
 def mean_average_precision(
     ground_truth: Sequence[ImageGroundTruth],
     detections: Sequence[ImageDetections],
@@ -130,30 +158,14 @@ def mean_average_precision(
     ap, ap_area = np.full(num_classes, np.nan), np.full(num_classes, np.nan)
     num_positives = np.zeros(num_classes, np.int64)
     for label in range(1, num_classes + 1):
-        npos = int(((gt_labels == label) & ~gt_difficult).sum())
-        num_positives[label - 1] = npos
         of_class = np.nonzero(det_labels == label)[0]
         order = of_class[np.argsort(-det_scores[of_class], kind="stable")]
-        images = det_image[order]
-        overlaps = _pairwise_pixel_iou_rows(det_boxes[order], gt_boxes[images], plus_one)
-        overlaps = np.where(gt_labels[images] == label, overlaps, -np.inf)  # (D, M)
-        best_gt = np.argmax(overlaps, axis=1) if len(order) else np.zeros(0, int)
-        best_iou = overlaps[np.arange(len(order)), best_gt]
-        best_difficult = gt_difficult[images, best_gt]
-
-        matched = np.zeros(gt_labels.shape, bool)
-        true_positive = np.zeros(len(order))
-        false_positive = np.zeros(len(order))
-        for rank, (image, best) in enumerate(zip(images.tolist(), best_gt.tolist(), strict=True)):
-            if best_iou[rank] < match_iou_threshold:
-                false_positive[rank] = 1
-            elif best_difficult[rank]:
-                continue  # neither counts
-            elif not matched[image, best]:
-                matched[image, best] = True
-                true_positive[rank] = 1
-            else:
-                false_positive[rank] = 1
+        true_positive, false_positive = _greedy_matches(
+            det_boxes[order], det_image[order], label, gt_boxes, gt_labels, gt_difficult,
+            plus_one, match_iou_threshold,
+        )  # fmt: skip
+        npos = int(((gt_labels == label) & ~gt_difficult).sum())
+        num_positives[label - 1] = npos
         if npos == 0:
             continue
         tp, fp = np.cumsum(true_positive), np.cumsum(false_positive)

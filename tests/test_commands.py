@@ -1,0 +1,134 @@
+"""The command lines (python -m ssd_jax.<name>) as a user runs them, and the
+architecture rules of the entry layer: commands never import each other or the
+trainer, modules and functions stay short."""
+
+import ast
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import cv2
+import pytest
+
+from ssd_jax.data.synthetic import SHAPE_NAMES, SyntheticShapes
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "tests" / "data" / "checkpoint_v0.1"
+COMMANDS = {  # module name -> file
+    "ssd_jax.train": "ssd_jax/train.py",
+    "ssd_jax.evaluate": "ssd_jax/evaluate.py",
+    "ssd_jax.predict": "ssd_jax/predict.py",
+    "ssd_jax.export": "ssd_jax/export.py",
+    "ssd_jax.convert": "ssd_jax/convert.py",
+    "ssd_jax.data.prepare": "ssd_jax/data/prepare.py",
+    "convert_torch_vgg": "convert_torch_vgg.py",
+}
+# Argument-free builders of configurations: long lists of settings by nature.
+LONG_FUNCTIONS_ALLOWED = {"base_config", "get_config"}
+
+
+def imported_modules(path: pathlib.Path) -> set[str]:
+    """Every module an ``import`` or ``from ... import`` names, anywhere in the file
+    (``from a import b`` counts as both ``a`` and ``a.b``)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def test_no_command_imports_another_command_or_the_trainer():
+    for name, path in COMMANDS.items():
+        others = set(COMMANDS) - {name}
+        assert not imported_modules(ROOT / path) & others, name
+    for path in (ROOT / "ssd_jax").rglob("*.py"):  # nor does any library module
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        if module not in COMMANDS:
+            assert not imported_modules(path) & set(COMMANDS), module
+
+
+def test_modules_and_functions_stay_short():
+    for path in sorted((ROOT / "ssd_jax").rglob("*.py")):
+        text = path.read_text()
+        assert len(text.splitlines()) <= 400, path
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef) and node.name not in LONG_FUNCTIONS_ALLOWED:
+                assert node.end_lineno - node.lineno < 80, f"{path}: {node.name}"
+
+
+def run(*args, cwd=ROOT):
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "export"])
+def test_a_wrong_checkpoint_path_is_one_line_and_creates_nothing(tmp_path, command):
+    mistyped = tmp_path / "runs" / "shapse"
+    extra = ["--input", str(FIXTURE / "README.md")] if command == "predict" else []
+    result = run("-m", f"ssd_jax.{command}", "--checkpoint", str(mistyped), *extra,
+                 "--output", str(tmp_path / "out"))  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {mistyped} does not exist: give a run's --workdir, its checkpoints/ folder "
+        "or the --output folder of python -m ssd_jax.convert"
+    )
+    assert "Traceback" not in result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_evaluate_command_scores_a_checkpoint_without_orbax_warnings(tmp_path):
+    output = tmp_path / "eval.json"
+    result = run("-m", "ssd_jax.evaluate", "--checkpoint", str(FIXTURE), "--output", str(output))
+    assert result.returncode == 0, result.stderr[-2000:]
+    scores = json.loads(output.read_text())
+    assert {"map", "map_area", "loss", "ap/circle", "ap/square", "ap/triangle"} <= set(scores)
+    assert abs(scores["map"] - 0.83236) < 1e-3  # the fixture's (see tests/test_checkpoint.py)
+    assert "triangle" in result.stdout and "map_area" in result.stdout
+    assert "WARNING" not in result.stderr, result.stderr
+    # the same checkpoint by its checkpoints/ folder, with the COCO metric
+    result = run("-m", "ssd_jax.evaluate", "--checkpoint", str(FIXTURE / "checkpoints"),
+                 "--output", str(output), "--metric", "coco")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    scores = json.loads(output.read_text())
+    assert {"AP", "AP50", "AR100", "ap/circle"} <= set(scores) and "AP_small" in result.stdout
+
+
+def test_predict_command_draws_detections_and_skips_bad_files(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    example = SyntheticShapes(1, num_classes=3, image_size=(90, 140), seed=5)[0]
+    cv2.imwrite(str(images / "shapes.png"), cv2.cvtColor(example["image"], cv2.COLOR_RGB2BGR))
+    (images / "broken.jpg").write_bytes(b"not an image")
+    (images / "broken.mp4").write_bytes(b"not a video")
+    video = cv2.VideoWriter(str(images / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (140, 90))
+    for k in range(11):  # one full batch of 8 and a padded one
+        frame = SyntheticShapes(11, num_classes=3, image_size=(90, 140), seed=6)[k]["image"]
+        video.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    video.release()
+    out = tmp_path / "out"
+    result = run("-m", "ssd_jax.predict", "--checkpoint", str(FIXTURE / "checkpoints" / "150"),
+                 "--input", str(images), "--output", str(out), "--score_threshold", "0.0")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "skipped" in result.stdout and "broken.jpg" in result.stdout
+    assert "WARNING" not in result.stderr, result.stderr
+    report = json.loads((out / "detections.json").read_text())
+    assert report["skipped"] == [str(images / "broken.jpg"), str(images / "broken.mp4")]
+    frames = [key for key in report["detections"] if "clip.avi#" in key]
+    assert frames == [f"{images / 'clip.avi'}#{k}" for k in range(11)]
+    capture = cv2.VideoCapture(str(out / "clip.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 11
+    ok, first = capture.read()
+    assert ok and first.shape == (90, 140, 3)
+    detections = report["detections"][str(images / "shapes.png")]
+    assert len(detections) > 0  # threshold 0: every kept box
+    for d in detections:
+        x0, y0, x1, y1 = d["box"]
+        assert 0 <= x0 <= x1 <= 140 and 0 <= y0 <= y1 <= 90  # original pixels
+        assert d["class"] in SHAPE_NAMES[:3] and 0 <= d["score"] <= 1
+    drawn = cv2.imread(str(out / "shapes.jpg"))
+    assert drawn.shape == (90, 140, 3)

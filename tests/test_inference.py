@@ -1,0 +1,97 @@
+"""Inference (ssd_jax.inference): the Detector on batches and single images, the
+portable export, and that inference loads none of the trainer."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ssd_jax import inference
+from ssd_jax.data.augment import resize
+from ssd_jax.data.synthetic import SHAPE_NAMES, SyntheticShapes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(ROOT, "tests", "data", "checkpoint_v0.1")
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return inference.load_detector(FIXTURE, batch_size=2)
+
+
+def test_importing_inference_loads_neither_the_trainer_nor_grain_nor_tensorboard():
+    code = (
+        "import sys, ssd_jax.inference; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('grain', 'tensorboardX') "
+        "or m in ('ssd_jax.train', 'ssd_jax.evaluator', 'ssd_jax.data.pipeline')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+
+
+def test_detector_batches_equal_single_images(detector):
+    assert detector.class_names == SHAPE_NAMES[:3] and detector.image_size == 300
+    images = [
+        SyntheticShapes(3, num_classes=3, image_size=size, seed=8)[k]["image"]
+        for k, size in enumerate([(90, 140), (300, 300), (64, 200)])
+    ]
+    batched = detector.detect_batch(images, score_threshold=0.0)  # batches of 2, last padded
+    for image, found in zip(images, batched):
+        single = detector(image, score_threshold=0.0)
+        # Another batch size is another compiled program: compare the best three,
+        # whose scores are further apart than float32 noise (checked here).
+        scores = [d["score"] for d in found[:4]]
+        assert min(np.diff(scores[::-1])) > 3e-4, scores  # scores are rounded to 1e-4
+        assert [d["class"] for d in single[:3]] == [d["class"] for d in found[:3]]
+        np.testing.assert_allclose([d["box"] for d in single[:3]], [d["box"] for d in found[:3]],
+                                   atol=0.1 + 1e-3)  # fmt: skip
+        assert all(d["class"] == SHAPE_NAMES[d["label"] - 1] for d in found)
+        height, width = image.shape[:2]
+        for d in found:
+            x0, y0, x1, y1 = d["box"]
+            assert 0 <= x0 <= x1 <= width and 0 <= y0 <= y1 <= height  # original pixels
+    drawn = inference.draw_detections(images[0], batched[0][:3])
+    assert drawn.shape == images[0].shape and (drawn != images[0]).any()
+    with pytest.raises(ValueError, match="image 0: expected uint8"):
+        detector(images[0].astype(np.float32))
+
+
+EXPORTED_RUNNER = """
+import sys
+import jax, numpy as np
+with open(sys.argv[1], "rb") as f:
+    exported = jax.export.deserialize(bytearray(f.read()))
+found = exported.call(np.load(sys.argv[2]))
+assert not [m for m in sys.modules if m.startswith(("ssd_jax", "flax"))]
+np.savez(sys.argv[3], **{k: np.asarray(v) for k, v in found.items()})
+"""
+
+
+def test_exported_detector_runs_without_the_model_code(tmp_path, detector):
+    exported, info = inference.export_detector(detector)
+    inference.save_export(exported, info, str(tmp_path / "detector.jaxexport"))
+    split = SyntheticShapes(16, 3, image_size=(160, 160), max_objects=2, seed=1, min_size=0.2)
+    images = np.stack([resize(split[k]["image"], info["image_size"]) for k in range(3)])
+    np.save(tmp_path / "images.npy", images)
+    result = subprocess.run(
+        [sys.executable, "-c", EXPORTED_RUNNER, "detector.jaxexport", "images.npy", "out.npz"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = np.load(tmp_path / "out.npz")
+    expected = detector.detect_resized(images)
+    # Another compiled program (weights folded in as constants): compare the
+    # detections above 0.35, which the fixture's README shows are separated by far
+    # more than float32 noise; below, near-ties may be ordered differently.
+    confident = np.asarray(expected.scores) > 0.35
+    assert confident.sum() >= 3 and (confident == (found["scores"] > 0.35)).all()
+    for name in ("boxes_xyxy", "scores", "classes"):
+        got, want = found[name][confident], np.asarray(getattr(expected, name))[confident]
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    reloaded, reloaded_info = inference.load_export(str(tmp_path / "detector.jaxexport"))
+    assert reloaded_info["class_names"] == list(SHAPE_NAMES[:3])
+    assert reloaded.in_avals[0].dtype == np.uint8
