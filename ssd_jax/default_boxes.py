@@ -1,4 +1,4 @@
-"""Default boxes (the paper's priors / anchors).
+"""Default boxes (called priors or anchors in other SSD code; this project says default boxes).
 
 A :class:`DefaultBoxSpec` describes them; :func:`generate` returns the ``(A, 4)``
 float32 array of cxcywh boxes, normalized to [0, 1], in the order the SSD heads

@@ -109,25 +109,31 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
         checkpoint.load_backbone(model, config.init.backbone)
     optimizer, schedule = build.optimizer(config)
     graphdef, variables = steps.split_model(model)
-    settings = build.step_settings(config)
-    iterator = pipeline.make_iterator(
-        _train_dataset(config, train_source), num_workers=config.data.num_workers
-    )
-    checkpoints = checkpoint.TrainingCheckpoints(workdir, config.keep_checkpoints)
-    state = steps.init_train_state(variables, optimizer)
-    state = _initial_state(config, checkpoints, state, iterator)
-    train_step = steps.make_train_step(graphdef, optimizer, schedule, settings)
-    return Run(
-        config=config,
-        mesh=mesh,
-        state=jax.device_put(state, parallel.replicated(mesh)),
-        train_step=jax.jit(train_step, donate_argnums=0),
-        iterator=iterator,
-        checkpoints=checkpoints,
-        meta=checkpoint.meta_for(config, config.data.class_names, workdir),
-        evaluator=make_evaluator(config, graphdef, mesh) if config.eval_every else None,
-        writer=MetricsWriter(workdir) if jax.process_index() == 0 else None,
-    )
+    train_step = steps.make_train_step(graphdef, optimizer, schedule, build.step_settings(config))
+    evaluator = make_evaluator(config, graphdef, mesh) if config.eval_every else None
+    with contextlib.ExitStack() as opened:  # released here if the setup fails past this
+        iterator = pipeline.make_iterator(
+            _train_dataset(config, train_source), num_workers=config.data.num_workers
+        )
+        if hasattr(iterator, "close"):
+            opened.callback(iterator.close)
+        checkpoints = checkpoint.TrainingCheckpoints(workdir, config.keep_checkpoints)
+        opened.callback(checkpoints.close)
+        state = steps.init_train_state(variables, optimizer)
+        state = _initial_state(config, checkpoints, state, iterator)
+        run = Run(
+            config=config,
+            mesh=mesh,
+            state=jax.device_put(state, parallel.replicated(mesh)),
+            train_step=jax.jit(train_step, donate_argnums=0),
+            iterator=iterator,
+            checkpoints=checkpoints,
+            meta=checkpoint.meta_for(config, config.data.class_names, workdir),
+            evaluator=evaluator,
+            writer=MetricsWriter(workdir) if jax.process_index() == 0 else None,
+        )
+        opened.pop_all()  # the run owns them now: Run.close releases them
+    return run
 
 
 def _train_dataset(config: ml_collections.ConfigDict, source):

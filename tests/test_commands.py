@@ -83,19 +83,14 @@ def test_a_wrong_checkpoint_path_is_one_line_and_creates_nothing(tmp_path, comma
 
 def test_evaluate_command_scores_a_checkpoint_without_orbax_warnings(tmp_path):
     output = tmp_path / "eval.json"
-    result = run("-m", "ssd_jax.evaluate", "--checkpoint", str(FIXTURE), "--output", str(output))
-    assert result.returncode == 0, result.stderr[-2000:]
-    scores = json.loads(output.read_text())
-    assert {"map", "map_area", "loss", "ap/circle", "ap/square", "ap/triangle"} <= set(scores)
-    assert abs(scores["map"] - 0.83236) < 1e-3  # the fixture's (see tests/test_checkpoint.py)
-    assert "triangle" in result.stdout and "map_area" in result.stdout
-    assert "WARNING" not in result.stderr, result.stderr
-    # the same checkpoint by its checkpoints/ folder, with the COCO metric
     result = run("-m", "ssd_jax.evaluate", "--checkpoint", str(FIXTURE / "checkpoints"),
                  "--output", str(output), "--metric", "coco")  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     scores = json.loads(output.read_text())
-    assert {"AP", "AP50", "AR100", "ap/circle"} <= set(scores) and "AP_small" in result.stdout
+    assert {"AP", "AP50", "AR100", "loss", "ap/circle", "ap/triangle"} <= set(scores)
+    assert scores["AP"] > 0.5  # a working detector (its exact figures: test_checkpoint.py)
+    assert "triangle" in result.stdout and "AP_small" in result.stdout
+    assert "WARNING" not in result.stderr, result.stderr
 
 
 def test_predict_command_draws_detections_and_skips_bad_files(tmp_path):

@@ -162,3 +162,13 @@ def test_dataset_configs_start_training_on_local_folders(tmp_path, name, kind):
     train.train_and_evaluate(config, str(tmp_path / "run"))
     records = read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
     assert np.isfinite(records[0]["train/loss"]) and "eval/loss" in records[-1]
+
+
+def test_an_empty_eval_split_stops_before_training(tmp_path):
+    from ssd_jax.data.example import DataError
+
+    config = load_config("tiny")
+    config.data.eval.num_images = 0
+    with pytest.raises(DataError, match="the eval split holds no image: check config.data.eval"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
