@@ -51,6 +51,7 @@ class Evaluator:
         self.max_batches = max_batches
         self._eval_step = eval_step
         self._mesh = mesh
+        self._batch_size = batch_size
         self._dataset = pipeline.eval_dataset(
             source,
             image_size=image_size,
@@ -59,6 +60,13 @@ class Evaluator:
             shard_index=jax.process_index(),
             shard_count=jax.process_count(),
         )
+
+    @property
+    def num_images(self) -> int:
+        """How many images of the split a pass scores (all, or the first batches')."""
+        if not self.max_batches:
+            return len(self.source)
+        return min(len(self.source), self.max_batches * self._batch_size)
 
     def _batches(self) -> Iterator[dict]:
         for index, batch in enumerate(pipeline.make_iterator(self._dataset)):
@@ -133,11 +141,20 @@ def evaluate_checkpoint(
     return evaluator(jax.device_put(variables, parallel.replicated(mesh)))
 
 
+LOSS_KEYS = ("loss", "loc", "conf", "num_pos")  # the eval step's, see steps.make_eval_step
+
+
 def format_table(result: dict[str, float]) -> str:
-    """Per-class AP, then the summary numbers, one per line."""
+    """Per-class AP, then the metric's summary numbers, then the eval loss (its
+    parts and the mean positives per batch), one per line."""
     per_class = {k.removeprefix("ap/"): v for k, v in result.items() if k.startswith("ap/")}
-    summary = {k: v for k, v in result.items() if not k.startswith("ap/")}
-    width = max(len(name) for name in [*per_class, *summary, "class"])
-    lines = [f"{'class':<{width}}  AP", *(f"{n:<{width}}  {v:.4f}" for n, v in per_class.items())]
-    lines += ["-" * (width + 8), *(f"{n:<{width}}  {v:.4f}" for n, v in summary.items())]
-    return "\n".join(lines)
+    summary = {k: v for k, v in result.items() if not k.startswith("ap/") and k not in LOSS_KEYS}
+    losses = {k: result[k] for k in LOSS_KEYS if k in result}
+    width = max(len(name) for name in [*per_class, *summary, *losses, "class"])
+    rule = "-" * (width + 8)
+
+    def rows(values: dict[str, float]) -> list[str]:
+        return [f"{name:<{width}}  {value:.4f}" for name, value in values.items()]
+
+    return "\n".join([f"{'class':<{width}}  AP", *rows(per_class), rule, *rows(summary), rule,
+                      *rows(losses)])  # fmt: skip

@@ -204,7 +204,10 @@ def _evaluate(run: Run, step: int) -> None:
     if run.writer:
         run.writer.write(step, result, prefix="eval")
         name, value = scoring.headline(result)
-        print(f"eval at step {step}: loss {result['loss']:.3f} {name} {value:.4f}", flush=True)
+        evaluated, total = run.evaluator.num_images, len(run.evaluator.source)
+        subset = f" ({evaluated} of {total} images)" if evaluated < total else ""
+        print(f"eval at step {step}{subset}: loss {result['loss']:.3f} {name} {value:.4f}",
+              flush=True)  # fmt: skip
 
 
 def train(run: Run) -> steps.TrainState:
@@ -213,6 +216,9 @@ def train(run: Run) -> steps.TrainState:
     evaluation every ``eval_every`` (and all three at the last step)."""
     config = run.config
     start_step = int(jax.device_get(run.state["step"]))
+    if start_step >= config.num_steps:
+        print(f"{run.checkpoints.directory} is at step {start_step} of {config.num_steps}: "
+              "nothing to train (raise num_steps to go on)", flush=True)  # fmt: skip
     last_checkpoint = run.checkpoints.latest_step()
     window, start = LogWindow(), time.time()
     for step in range(start_step + 1, config.num_steps + 1):

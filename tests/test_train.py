@@ -69,7 +69,7 @@ def params_of(state):
     return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state["params"]))]
 
 
-def test_resumed_run_reaches_the_same_parameters_and_writes_outputs(tmp_path):
+def test_resumed_run_reaches_the_same_parameters_and_writes_outputs(tmp_path, capsys):
     config = load_config("tiny")
     workdir = str(tmp_path / "run")
     final = params_of(train.train_and_evaluate(config, workdir))
@@ -93,6 +93,7 @@ def test_resumed_run_reaches_the_same_parameters_and_writes_outputs(tmp_path):
     fine_tune.num_steps = 0
     state = train.train_and_evaluate(fine_tune, str(tmp_path / "fine_tune"))
     trained = train.train_and_evaluate(config, workdir)  # already done: returns the restored state
+    assert "is at step 6 of 6: nothing to train" in capsys.readouterr().out
     conv = lambda s: np.asarray(s["params"]["vgg"]["conv1_1"]["conv"]["kernel"][...])  # noqa: E731
     np.testing.assert_array_equal(conv(state), conv(trained))
     assert (
