@@ -104,6 +104,34 @@ def meta_for(config: ml_collections.ConfigDict, class_names: tuple[str, ...], wo
     }
 
 
+# What a resumed run must share with the run it continues: meta keys, or
+# "config." paths into the saved configuration.
+RESUME_KEYS = (
+    "class_names", "architecture", "default_boxes", "mean", "std", "config.model.batch_norm",
+    "config.model.width", "config.data.train",
+)  # fmt: skip
+
+
+def _value(meta: dict, key: str):
+    for part in key.split("."):
+        meta = meta.get(part) if isinstance(meta, dict) else None
+    return meta
+
+
+def resume_differences(saved: dict, meta: dict) -> list[str]:
+    """``"key: saved -> now"`` for each of :data:`RESUME_KEYS` that differs
+    between the ``meta`` of a checkpoint and that of the run about to resume it
+    (of a block such as ``config.data.train``, the keys the checkpoint has)."""
+    differences = []
+    for key in RESUME_KEYS:
+        before, now = _value(saved, key), _value(meta, key)
+        if isinstance(before, dict) and isinstance(now, dict):
+            now = {name: now.get(name) for name in before}
+        if json.dumps(before, sort_keys=True) != json.dumps(now, sort_keys=True):
+            differences.append(f"{key}: {before!r} -> {now!r}")
+    return differences
+
+
 def read_meta(location: Location) -> dict:
     """The ``meta`` item of a checkpoint (see :func:`meta_for`)."""
     if not location.item(META).is_dir():

@@ -14,6 +14,11 @@ from typing import Any
 import ml_collections
 
 from ssd_jax.data.imagenet import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from ssd_jax.default_boxes import PRESETS
+from ssd_jax.errors import UserError
+
+ARCHITECTURES = ("ssd300", "ssd512")
+DATA_KINDS = ("voc", "coco", "tfds", "synthetic")
 
 
 def data_config(kind: str = "voc") -> ml_collections.ConfigDict:
@@ -105,6 +110,66 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval_batches = 0  # 0 = the whole eval split
     config.eval_metric = "voc"  # "voc" (VOC07 11-point and all-point mAP) or "coco"
     config.distributed = False  # call jax.distributed.initialize() (multi-host)
+    return config
+
+
+class ConfigError(UserError, ValueError):
+    """Configuration values that cannot work; the message names every bad key."""
+
+
+def _rules(config: ml_collections.ConfigDict) -> list[tuple[str, bool, str]]:
+    """``(key, holds, what it must be)`` for every value with a constraint."""
+    opt, loss, detection = config.optimizer, config.loss, config.detection
+    return [
+        ("num_steps", config.num_steps >= 1, "at least 1"),
+        ("batch_size", config.batch_size >= 1, "at least 1"),
+        ("log_every", config.log_every >= 1, "at least 1"),
+        ("checkpoint_every", config.checkpoint_every >= 1, "at least 1"),
+        ("eval_every", config.eval_every >= 0, "0 (no evaluation) or more"),
+        ("eval_batches", config.eval_batches >= 0, "0 (the whole split) or more"),
+        ("keep_checkpoints", config.keep_checkpoints >= 1, "at least 1"),
+        ("eval_metric", config.eval_metric in ("voc", "coco"), "'voc' or 'coco'"),
+        ("model.architecture", config.model.architecture in ARCHITECTURES, str(ARCHITECTURES)),
+        ("model.default_boxes", config.model.default_boxes in ("", *PRESETS),
+         f"'' or one of {sorted(PRESETS)}"),
+        ("model.dtype", config.model.dtype in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
+        ("model.width", config.model.width > 0, "positive"),
+        ("data.train.kind", config.data.train.kind in DATA_KINDS, str(DATA_KINDS)),
+        ("data.eval.kind", config.data.eval.kind in DATA_KINDS, str(DATA_KINDS)),
+        ("data.max_boxes", config.data.max_boxes >= 1, "at least 1"),
+        ("data.num_workers", config.data.num_workers >= 0, "0 (in process) or more"),
+        ("optimizer.name", opt.name in ("sgd", "adam"), "'sgd' or 'adam'"),
+        ("optimizer.learning_rate", opt.learning_rate > 0, "positive"),
+        ("optimizer.warmup_steps", opt.warmup_steps >= 0, "0 or more"),
+        ("optimizer.gamma", opt.gamma > 0, "positive"),
+        ("optimizer.momentum", 0 <= opt.momentum < 1, "in [0, 1)"),
+        ("optimizer.weight_decay", opt.weight_decay >= 0, "0 or more"),
+        ("optimizer.grad_clip_norm", opt.grad_clip_norm >= 0, "0 (off) or more"),
+        ("loss.match_iou_threshold", 0 < loss.match_iou_threshold <= 1, "in (0, 1]"),
+        ("loss.neg_pos_ratio", loss.neg_pos_ratio > 0, "positive"),
+        ("loss.alpha", loss.alpha >= 0, "0 or more"),
+        ("detection.score_threshold", 0 <= detection.score_threshold < 1, "in [0, 1)"),
+        ("detection.nms_iou_threshold", 0 < detection.nms_iou_threshold <= 1, "in (0, 1]"),
+        ("detection.top_k_per_class", detection.top_k_per_class >= 1, "at least 1"),
+        ("detection.max_detections", detection.max_detections >= 1, "at least 1"),
+    ]  # fmt: skip
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises :class:`ConfigError` naming every key whose value cannot work, before
+    anything is built or compiled."""
+    wrong = [
+        f"{key} = {_lookup(config, key)!r}: must be {what}"
+        for key, holds, what in _rules(config)
+        if not holds
+    ]
+    if wrong:
+        raise ConfigError("the configuration cannot work:\n  " + "\n  ".join(wrong))
+
+
+def _lookup(config: ml_collections.ConfigDict, key: str):
+    for part in key.split("."):
+        config = config[part]
     return config
 
 

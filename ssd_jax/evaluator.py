@@ -132,7 +132,11 @@ def evaluate_checkpoint(
     """
     location = checkpoint.locate(path, step)
     saved = checkpoint.saved_config(checkpoint.read_meta(location))
-    config = saved if config is None else config_schema.with_network_of(config, saved)
+    if config is not None:
+        config = config_schema.with_network_of(config, saved)
+        config_schema.validate(config)
+    else:
+        config = saved
     with config.unlocked():
         config.eval_batches = 0  # the whole split
     graphdef, variables = inference.restore_network(location, config)

@@ -1,6 +1,7 @@
 """Training metrics: JSON lines, TensorBoard event files (tensorboardX, no
 TensorFlow) and a learning-curve PNG, all in the work directory."""
 
+import contextlib
 import json
 import os
 
@@ -10,14 +11,25 @@ from tensorboardX import SummaryWriter
 
 class MetricsWriter:
     """Writes ``{step, name: value}`` records to ``<workdir>/metrics.jsonl`` and
-    TensorBoard; only process 0 should create one."""
+    TensorBoard; only process 0 should create one.
 
-    def __init__(self, workdir: str):
+    ``start_step`` is the step the run goes on from (0 for a fresh run): records
+    of later steps, written by a run that went further before it stopped, are
+    dropped, so that after a resume each step is in the metrics once.
+    """
+
+    def __init__(self, workdir: str, start_step: int = 0):
         os.makedirs(workdir, exist_ok=True)
         self.workdir = workdir
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+        if os.path.exists(self.jsonl_path):
+            kept = [r for r in read_metrics(self.jsonl_path) if r["step"] <= start_step]
+            with open(self.jsonl_path, "w") as f:
+                f.writelines(json.dumps(record) + "\n" for record in kept)
         self._jsonl = open(self.jsonl_path, "a")  # noqa: SIM115 (closed in close())
-        self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        # purge_step: TensorBoard hides the earlier event files' later steps
+        tensorboard_dir = os.path.join(workdir, "tensorboard")
+        self._tensorboard = SummaryWriter(tensorboard_dir, purge_step=start_step + 1)
 
     def write(self, step: int, metrics: dict[str, float], prefix: str = "train") -> None:
         record = {"step": int(step), **{f"{prefix}/{k}": float(v) for k, v in metrics.items()}}
@@ -33,9 +45,14 @@ class MetricsWriter:
 
 
 def read_metrics(jsonl_path: str) -> list[dict]:
-    """All records of a metrics.jsonl, in order."""
+    """All records of a metrics.jsonl, in order; a line that is not JSON (a write
+    cut short when the process was killed) is skipped."""
+    records = []
     with open(jsonl_path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            with contextlib.suppress(json.JSONDecodeError):
+                records.append(json.loads(line))
+    return [r for r in records if isinstance(r, dict) and "step" in r]
 
 
 def plot_learning_curve(jsonl_path: str, png_path: str) -> None:

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from ssd_jax import build, checkpoint, parallel, steps
+from ssd_jax import build, checkpoint, config_schema, parallel, steps
 from ssd_jax.data import pipeline
 from ssd_jax.evaluation import scoring
 from ssd_jax.evaluator import Evaluator, make_evaluator
@@ -73,11 +73,28 @@ def resolve_config(
     return config
 
 
-def _initial_state(config, checkpoints, state: steps.TrainState, iterator) -> steps.TrainState:
-    """The last checkpoint of this run, else ``init.checkpoint``'s weights (heads
-    of another class count stay fresh), else ``state`` as it is."""
+def _check_resumable(checkpoints: checkpoint.TrainingCheckpoints, step: int, meta: dict) -> None:
+    """Refuses to resume a run whose classes, network, input normalization or
+    training data differ from this configuration's, naming each difference."""
+    saved = checkpoint.read_meta(checkpoint.Location(checkpoints.directory, step))
+    differences = checkpoint.resume_differences(saved, meta)
+    if differences:
+        workdir = os.path.dirname(checkpoints.directory)
+        raise checkpoint.CheckpointError(
+            f"{workdir} holds a run of another configuration (saved -> now):\n  "
+            + "\n  ".join(differences)
+            + f"\nTo train the new configuration from its weights, give another --workdir "
+            f"and --config.init.checkpoint={workdir}"
+        )
+
+
+def _initial_state(config, checkpoints, state: steps.TrainState, iterator, meta: dict):
+    """The last checkpoint of this run (if it is a run of this configuration),
+    else ``init.checkpoint``'s weights (heads of another class count stay fresh),
+    else ``state`` as it is."""
     latest = checkpoints.latest_step()
     if latest is not None:
+        _check_resumable(checkpoints, latest, meta)
         state = checkpoints.restore(latest, state, iterator)
         print(f"resumed from {checkpoints.directory} at step {latest}", flush=True)
     elif config.init.checkpoint:
@@ -90,6 +107,7 @@ def _initial_state(config, checkpoints, state: steps.TrainState, iterator) -> st
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Builds the run of ``config`` in ``workdir``: data, model, state (resumed,
     fine-tuned or fresh), the jitted train step, checkpoints, evaluator, metrics."""
+    config_schema.validate(config)
     workdir = os.path.abspath(workdir)
     if config.distributed:
         jax.distributed.initialize()
@@ -119,8 +137,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
             opened.callback(iterator.close)
         checkpoints = checkpoint.TrainingCheckpoints(workdir, config.keep_checkpoints)
         opened.callback(checkpoints.close)
+        meta = checkpoint.meta_for(config, config.data.class_names, workdir)
         state = steps.init_train_state(variables, optimizer)
-        state = _initial_state(config, checkpoints, state, iterator)
+        state = _initial_state(config, checkpoints, state, iterator, meta)
+        start_step = int(jax.device_get(state["step"]))
         run = Run(
             config=config,
             mesh=mesh,
@@ -128,9 +148,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
             train_step=jax.jit(train_step, donate_argnums=0),
             iterator=iterator,
             checkpoints=checkpoints,
-            meta=checkpoint.meta_for(config, config.data.class_names, workdir),
+            meta=meta,
             evaluator=evaluator,
-            writer=MetricsWriter(workdir) if jax.process_index() == 0 else None,
+            writer=MetricsWriter(workdir, start_step) if jax.process_index() == 0 else None,
         )
         opened.pop_all()  # the run owns them now: Run.close releases them
     return run

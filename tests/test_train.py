@@ -85,13 +85,17 @@ def test_resumed_run_reaches_the_same_parameters_and_writes_outputs(tmp_path, ca
     resumed = params_of(train.train_and_evaluate(config, workdir))
     for a, b in zip(final, resumed):
         np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
+    records = read_metrics(os.path.join(workdir, "metrics.jsonl"))  # each step once
+    assert [r["step"] for r in records if "train/loss" in r] == [2, 4, 6]
+    assert [r["step"] for r in records if "eval/loss" in r] == [6]
 
     # fine-tuning to another class count: trunk restored, confidence heads fresh
     fine_tune = load_config("tiny")
     fine_tune.data.class_names = SHAPE_NAMES[:2]
-    fine_tune.init.checkpoint = os.path.join(workdir, "checkpoints")
-    fine_tune.num_steps = 0
-    state = train.train_and_evaluate(fine_tune, str(tmp_path / "fine_tune"))
+    fine_tune.init.checkpoint = workdir  # a run directory, as --checkpoint takes it
+    run = train.setup(fine_tune, str(tmp_path / "fine_tune"))  # the state before step 1
+    run.close()
+    state = run.state
     trained = train.train_and_evaluate(config, workdir)  # already done: returns the restored state
     assert "is at step 6 of 6: nothing to train" in capsys.readouterr().out
     conv = lambda s: np.asarray(s["params"]["vgg"]["conv1_1"]["conv"]["kernel"][...])  # noqa: E731
@@ -163,13 +167,3 @@ def test_dataset_configs_start_training_on_local_folders(tmp_path, name, kind):
     train.train_and_evaluate(config, str(tmp_path / "run"))
     records = read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
     assert np.isfinite(records[0]["train/loss"]) and "eval/loss" in records[-1]
-
-
-def test_an_empty_eval_split_stops_before_training(tmp_path):
-    from ssd_jax.data.example import DataError
-
-    config = load_config("tiny")
-    config.data.eval.num_images = 0
-    with pytest.raises(DataError, match="the eval split holds no image: check config.data.eval"):
-        train.train_and_evaluate(config, str(tmp_path / "run"))
-    assert not (tmp_path / "run").exists()  # nothing trained, nothing written

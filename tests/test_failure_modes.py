@@ -1,0 +1,83 @@
+"""What goes wrong in long runs and user hands, and what happens then (the
+README's "Failure modes"): each case reproduced and shown handled."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from ssd_jax import checkpoint, config_schema, train
+from ssd_jax.data.example import DataError
+from ssd_jax.metrics_writer import MetricsWriter, read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(ROOT, "tests", "data", "checkpoint_v0.1")
+
+
+def tiny_config():
+    return config_schema.load_config_file(os.path.join(ROOT, "configs", "tiny.py"))
+
+
+def test_config_values_that_cannot_work_are_all_named_before_anything_runs(tmp_path):
+    config = tiny_config()
+    config.log_every, config.checkpoint_every, config.num_steps = 0, -1, 0
+    config.optimizer.name, config.detection.nms_iou_threshold = "adamw", 1.5
+    with pytest.raises(config_schema.ConfigError) as error:
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert str(error.value).splitlines() == [
+        "the configuration cannot work:",
+        "  num_steps = 0: must be at least 1",
+        "  log_every = 0: must be at least 1",
+        "  checkpoint_every = -1: must be at least 1",
+        "  optimizer.name = 'adamw': must be 'sgd' or 'adam'",
+        "  detection.nms_iou_threshold = 1.5: must be in (0, 1]",
+    ]
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_eval_split_stops_before_training(tmp_path):
+    config = tiny_config()
+    config.data.eval.num_images = 0
+    with pytest.raises(DataError, match="the eval split holds no image: check config.data.eval"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+
+def test_a_resume_with_another_network_normalization_or_data_names_the_differences(tmp_path):
+    shutil.copytree(FIXTURE, tmp_path / "run")
+    saved = checkpoint.read_meta(checkpoint.locate(str(tmp_path / "run")))
+    config = checkpoint.saved_config(saved)
+    with config.unlocked():
+        config.num_steps = 151
+        config.model.width = 1 / 16
+        config.data.mean = (0.0, 0.0, 0.0)
+        config.data.train.num_images = 32
+    with pytest.raises(checkpoint.CheckpointError) as error:
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    lines = str(error.value).splitlines()
+    assert lines[0] == f"{tmp_path / 'run'} holds a run of another configuration (saved -> now):"
+    assert lines[1] == f"  mean: {saved['mean']!r} -> [0.0, 0.0, 0.0]"
+    assert lines[2] == "  config.model.width: 0.03125 -> 0.0625"
+    assert lines[3].startswith("  config.data.train: {") and "'num_images': 16" in lines[3]
+    assert lines[4] == (
+        f"To train the new configuration from its weights, give another --workdir and "
+        f"--config.init.checkpoint={tmp_path / 'run'}"
+    )
+    assert checkpoint.locate(str(tmp_path / "run")).step == 150  # nothing written
+    with open(tmp_path / "run" / "checkpoints" / "150" / "meta" / "metadata") as file:
+        assert json.load(file) == saved  # the meta is untouched
+
+
+def test_metrics_hold_each_step_once_after_a_resume(tmp_path):
+    writer = MetricsWriter(str(tmp_path))
+    for step in (2, 4, 6):
+        writer.write(step, {"loss": float(step)})
+    writer.close()
+    with open(tmp_path / "metrics.jsonl", "a") as file:
+        file.write('{"step": 8, "train/lo')  # a write cut short by a kill
+    writer = MetricsWriter(str(tmp_path), start_step=3)  # resumed from the checkpoint at 3
+    writer.write(4, {"loss": 40.0})
+    writer.close()
+    records = read_metrics(str(tmp_path / "metrics.jsonl"))
+    assert [(r["step"], r["train/loss"]) for r in records] == [(2, 2.0), (4, 40.0)]
