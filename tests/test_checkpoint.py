@@ -109,16 +109,24 @@ def test_a_checkpoint_from_before_the_rework_gives_the_same_network_and_detectio
 
 
 def test_a_run_resumes_from_a_checkpoint_from_before_the_rework(run_copy, capsys):
-    config = checkpoint.saved_config(checkpoint.read_meta(checkpoint.locate(str(run_copy))))
+    """Set up on the old run directory, a run takes its state and data position
+    (training steps after a resume: tests/test_train.py)."""
+    location = checkpoint.locate(str(run_copy))
+    config = checkpoint.saved_config(checkpoint.read_meta(location))
     with config.unlocked():
-        config.num_steps, config.eval_every = 151, 0
-    state = train.train_and_evaluate(config, str(run_copy))
-    assert "at step 150" in capsys.readouterr().out
-    assert int(state["step"]) == 151
-    assert checkpoint.locate(str(run_copy)).step == 151
-    # the data iterator went on from where the old run stopped
-    with open(run_copy / "checkpoints" / "151" / "data" / "process_0-of-1.json") as file:
-        assert json.load(file)["next_index"] == 151
+        config.num_steps = 151
+    run = train.setup(config, str(run_copy))
+    try:
+        assert f"resumed from {run_copy / 'checkpoints'} at step 150" in capsys.readouterr().out
+        assert int(run.state["step"]) == 150
+        _, saved = inference.restore_network(location, config)
+        np.testing.assert_array_equal(flat_params(run.state)["vgg/conv4_3/conv/kernel"],
+                                      flat_params(saved)["vgg/conv4_3/conv/kernel"])  # fmt: skip
+        assert run.iterator.get_state()["next_index"] == 150  # where the old run stopped
+        moments = [x for x in jax.tree.leaves(run.state["opt_state"]) if x.dtype.kind == "f"]
+        assert moments and all(np.abs(x).max() > 0 for x in moments)  # Adam's, not fresh zeros
+    finally:
+        run.close()
 
 
 def tiny_variables(num_classes, seed, architecture="ssd300"):
