@@ -80,7 +80,7 @@ def predict_video(detector: Detector, path: str, output: str, threshold: float) 
 def predict_image(detector: Detector, path: str, output: str, threshold: float) -> list[dict]:
     """Writes ``output``/<name>.jpg with the detections of the image ``path`` drawn;
     returns them."""
-    image = read_image_rgb(path)
+    image = read_image_rgb(path, exif_orientation=True)  # photos upright, as viewers show them
     detections = detector(image, threshold)
     name = os.path.splitext(os.path.basename(path))[0] + ".jpg"
     drawn = cv2.cvtColor(draw_detections(image, detections), cv2.COLOR_RGB2BGR)

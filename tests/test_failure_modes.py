@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from ssd_jax import checkpoint, config_schema, train
@@ -81,3 +82,52 @@ def test_metrics_hold_each_step_once_after_a_resume(tmp_path):
     writer.close()
     records = read_metrics(str(tmp_path / "metrics.jsonl"))
     assert [(r["step"], r["train/loss"]) for r in records] == [(2, 2.0), (4, 40.0)]
+
+
+def test_coco_files_with_repeated_or_dangling_ids_are_refused(tmp_path):
+    from ssd_jax.data.sources import CocoSource
+    from ssd_jax.data.synthetic import SyntheticShapes, write_coco
+
+    write_coco(str(tmp_path / "coco.json"), str(tmp_path / "images"),
+               SyntheticShapes(3, num_classes=2, image_size=(40, 60), seed=0))  # fmt: skip
+    with open(tmp_path / "coco.json") as file:
+        dataset = json.load(file)
+    second = dataset["images"][1]["id"]  # its annotations lose their image:
+    dataset["images"][1]["id"] = dataset["images"][0]["id"]  # two images, one id
+    dataset["images"][2]["file_name"] = dataset["images"][0]["file_name"]
+    dataset["annotations"][0]["image_id"] = 999
+    with open(tmp_path / "bad.json", "w") as file:
+        json.dump(dataset, file)
+    first = dataset["images"][0]
+    with pytest.raises(DataError) as error:
+        CocoSource(str(tmp_path / "bad.json"), str(tmp_path / "images"))
+    assert str(error.value) == (
+        f"{tmp_path / 'bad.json'}: repeated image ids [{first['id']}]; repeated file names "
+        f"[{first['file_name']!r}]; annotations of unknown image ids {sorted([999, second])}"
+    )
+
+
+def test_dataset_images_keep_their_stored_pixels_whatever_exif_says(tmp_path):
+    """A photo tagged "rotate 90°" (EXIF orientation 6): the dataset's boxes refer
+    to the stored pixels, so sources read those; predict shows it upright."""
+    from PIL import Image
+
+    from ssd_jax.data.example import read_image_rgb
+    from ssd_jax.data.sources import VocSource
+    from ssd_jax.data.synthetic import SyntheticShapes, write_voc
+
+    shapes = SyntheticShapes(1, num_classes=2, image_size=(40, 64), seed=0)
+    write_voc(str(tmp_path / "voc"), {"train": shapes})
+    jpeg = tmp_path / "voc" / "JPEGImages" / "train_000000.jpg"
+    stored = read_image_rgb(str(jpeg))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to view
+    Image.fromarray(stored).save(jpeg, quality=100, exif=exif)
+    stored = np.asarray(Image.open(jpeg).convert("RGB"))  # the pixels as stored
+    assert stored.shape == (40, 64, 3)
+    np.testing.assert_array_equal(read_image_rgb(str(jpeg)), stored)
+    upright = read_image_rgb(str(jpeg), exif_orientation=True)
+    assert upright.shape == (64, 40, 3)
+    np.testing.assert_array_equal(upright, np.rot90(stored, k=-1))
+    example = VocSource([(str(tmp_path / "voc"), "train")], class_names=shapes.class_names)[0]
+    np.testing.assert_array_equal(example["image"], stored)  # no size mismatch, no rotation

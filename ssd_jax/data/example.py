@@ -118,12 +118,19 @@ def make_example(
     }
 
 
-def read_image_rgb(path: str) -> np.ndarray:
-    """Reads an image file as uint8 (H, W, 3) RGB; :class:`DataError` if it cannot."""
+def read_image_rgb(path: str, exif_orientation: bool = False) -> np.ndarray:
+    """Reads an image file as uint8 (H, W, 3) RGB; :class:`DataError` if it cannot.
+
+    The stored pixels, whatever the EXIF orientation tag says (dataset boxes refer
+    to them, as in TFDS and PIL-based loaders), unless ``exif_orientation``: then
+    turned upright as photo viewers show it (for ``predict`` on photos)."""
     if not os.path.isfile(path):
         raise DataError(f"image file not found: {path}")
     data = np.fromfile(path, np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    flags = (
+        cv2.IMREAD_COLOR if exif_orientation else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    )
+    image = cv2.imdecode(data, flags)
     if image is None:
         raise DataError(f"cannot decode image (corrupt or not an image): {path}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

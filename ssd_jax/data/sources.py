@@ -7,6 +7,7 @@ and ``skipped`` (a :class:`~ssd_jax.data.example.SkipCounter`), so it plugs into
 Grain as a ``RandomAccessDataSource``.
 """
 
+import collections
 import json
 import os
 import xml.etree.ElementTree as ET
@@ -173,6 +174,7 @@ class CocoSource(_AnnotatedImages):
         missing = {"images", "annotations", "categories"} - set(dataset)
         if missing:
             raise DataError(f"{annotation_file}: no {sorted(missing)} in the COCO JSON")
+        _check_coco_references(dataset, annotation_file)
         coco = COCO()
         coco.dataset = dataset
         coco.createIndex()
@@ -228,6 +230,31 @@ class CocoSource(_AnnotatedImages):
             })  # fmt: skip
         _check_images_exist(self._records)
         self.skipped.log(f"COCO {annotation_file}")
+
+
+def _repeated(values) -> list:
+    counts = collections.Counter(values)
+    return sorted(value for value, count in counts.items() if count > 1)
+
+
+def _check_coco_references(dataset: dict, annotation_file: str) -> None:
+    """Image ids and file names must be unique and every annotation's image must
+    exist: pycocotools would silently pair an image with another's boxes."""
+    try:
+        image_ids = [image["id"] for image in dataset["images"]]
+        file_names = [image["file_name"] for image in dataset["images"]]
+        annotated = {annotation["image_id"] for annotation in dataset["annotations"]}
+    except (KeyError, TypeError):
+        raise DataError(f"{annotation_file}: an image without id or file_name, or an "
+                        "annotation without image_id") from None  # fmt: skip
+    problems = {
+        "repeated image ids": _repeated(image_ids),
+        "repeated file names": _repeated(file_names),
+        "annotations of unknown image ids": sorted(annotated - set(image_ids)),
+    }
+    found = [f"{what} {values[:10]}" for what, values in problems.items() if values]
+    if found:
+        raise DataError(f"{annotation_file}: " + "; ".join(found))
 
 
 def _latest_version_dir(data_dir: str, name: str) -> str:
