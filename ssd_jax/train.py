@@ -14,12 +14,14 @@ import time
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
 
 from ssd_jax import build, checkpoint, config_schema, parallel, steps
 from ssd_jax.data import pipeline
+from ssd_jax.errors import UserError
 from ssd_jax.evaluation import scoring
 from ssd_jax.evaluator import Evaluator, make_evaluator
 from ssd_jax.metrics_writer import MetricsWriter, plot_learning_curve
@@ -27,8 +29,9 @@ from ssd_jax.metrics_writer import MetricsWriter, plot_learning_curve
 TRAIN_KEYS = ("image", "boxes", "labels", "mask")  # what the train step reads
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message names the step and checkpoint."""
+class NonFiniteLossError(UserError, RuntimeError):
+    """The loss, gradients or parameters became NaN or infinite; the message names
+    the step and the last checkpoint (all saved states are finite)."""
 
 
 @dataclasses.dataclass
@@ -174,35 +177,65 @@ def _train_dataset(config: ml_collections.ConfigDict, source):
 
 class LogWindow:
     """The metrics of the steps since the last log line. They stay on the device
-    until :meth:`summary`, the loop's only host synchronization."""
+    until :meth:`check_finite` or :meth:`summary` reads them, the loop's only host
+    synchronizations (every ``log_every`` steps and before each checkpoint)."""
 
     def __init__(self):
-        self.pending: list[dict] = []
+        self.pending: list[tuple[int, dict]] = []  # (step, metrics)
         self.truncated = 0  # objects beyond data.max_boxes dropped from these images
         self.start = time.time()
 
-    def add(self, metrics: dict, batch: dict) -> None:
-        self.pending.append(metrics)
+    def add(self, step: int, metrics: dict, batch: dict) -> None:
+        self.pending.append((step, metrics))
         self.truncated += int(batch["num_truncated"].sum())
 
-    def summary(self, step: int, batch_size: int, last_checkpoint: int | None) -> dict:
-        """Means over the window, learning rate, images/s; starts a new window.
-        Raises :class:`NonFiniteLossError` if any step's loss is NaN or infinite."""
-        history = jax.device_get(self.pending)
-        for offset, record in enumerate(history):
-            if not math.isfinite(record["loss"]):
-                where = f"step {last_checkpoint}" if last_checkpoint is not None else "none yet"
+    def check_finite(self, last_checkpoint: int | None) -> None:
+        """Raises :class:`NonFiniteLossError` if a step of the window had a NaN or
+        infinite loss or gradient norm."""
+        for step, record in jax.device_get(self.pending):
+            if not (math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])):
                 raise NonFiniteLossError(
-                    f"loss is {record['loss']} at step {step - len(history) + 1 + offset} "
-                    f"(loc {record['loc']}, conf {record['conf']}); last good checkpoint: "
-                    f"{where}. Lower the learning rate or raise optimizer.warmup_steps."
+                    f"loss is {record['loss']} (loc {record['loc']}, conf {record['conf']}, "
+                    f"gradient norm {record['grad_norm']}) at step {step}; "
+                    f"{_last_good(last_checkpoint)}"
                 )
+
+    def summary(self, batch_size: int, last_checkpoint: int | None) -> dict:
+        """Means over the window, learning rate, images/s; starts a new window.
+        Raises :class:`NonFiniteLossError` as :meth:`check_finite` does."""
+        self.check_finite(last_checkpoint)
+        history = [record for _, record in jax.device_get(self.pending)]
         summary = {key: float(np.mean([r[key] for r in history])) for key in history[-1]}
         summary["learning_rate"] = float(history[-1]["learning_rate"])
         summary["images_per_s"] = len(history) * batch_size / (time.time() - self.start)
         summary["truncated_objects"] = self.truncated
         self.__init__()
         return summary
+
+
+def _last_good(last_checkpoint: int | None) -> str:
+    where = f"step {last_checkpoint}" if last_checkpoint is not None else "none yet"
+    return (
+        f"last good checkpoint: {where} (only finite states are saved). Lower the learning "
+        "rate or raise optimizer.warmup_steps."
+    )
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _save(run: Run, step: int, window: LogWindow, last_checkpoint: int | None) -> None:
+    """Saves the run at ``step`` unless a step since the last check was not finite
+    or the variables are not: a checkpoint never holds a diverged state."""
+    window.check_finite(last_checkpoint)
+    variables = {part: run.state[part] for part in checkpoint.VARIABLE_PARTS}
+    if not _all_finite(variables):
+        raise NonFiniteLossError(
+            f"the parameters are not finite after step {step}; {_last_good(last_checkpoint)}"
+        )
+    run.checkpoints.save(step, run.state, run.iterator, run.meta)
 
 
 def _progress(step: int, num_steps: int, record: dict, start_step: int, start: float) -> None:
@@ -247,14 +280,14 @@ def train(run: Run) -> steps.TrainState:
         run.state, metrics = run.train_step(
             run.state, parallel.global_batch(batch, run.mesh, TRAIN_KEYS)
         )
-        window.add(metrics, batch)
+        window.add(step, metrics, batch)
         if step % config.log_every == 0 or last:
-            summary = window.summary(step, config.batch_size, last_checkpoint)
+            summary = window.summary(config.batch_size, last_checkpoint)
             if run.writer:
                 run.writer.write(step, summary)
                 _progress(step, config.num_steps, summary, start_step, start)
         if step % config.checkpoint_every == 0 or last:
-            run.checkpoints.save(step, run.state, run.iterator, run.meta)
+            _save(run, step, window, last_checkpoint)
             last_checkpoint = step
         if run.evaluator and (step % config.eval_every == 0 or last):
             _evaluate(run, step)

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from ssd_jax import checkpoint, config_schema, train
+from ssd_jax import checkpoint, config_schema, inference, train
 from ssd_jax.data.example import DataError
 from ssd_jax.metrics_writer import MetricsWriter, read_metrics
 
@@ -131,3 +131,26 @@ def test_dataset_images_keep_their_stored_pixels_whatever_exif_says(tmp_path):
     np.testing.assert_array_equal(upright, np.rot90(stored, k=-1))
     example = VocSource([(str(tmp_path / "voc"), "train")], class_names=shapes.class_names)[0]
     np.testing.assert_array_equal(example["image"], stored)  # no size mismatch, no rotation
+
+
+def test_a_diverging_run_never_saves_a_non_finite_state(tmp_path):
+    """The learning rate explodes after step 2. With the loss looked at only when
+    it is logged (here at the last step), NaN weights went into the checkpoints of
+    the steps before; the check before each save stops the run at the first step
+    that is not finite, and every checkpoint left holds finite variables."""
+    config = tiny_config()
+    config.optimizer.milestones, config.optimizer.gamma = (2,), 1e12
+    config.num_steps, config.eval_every = 12, 0
+    config.checkpoint_every, config.log_every, config.keep_checkpoints = 1, 100, 20
+    with pytest.raises(train.NonFiniteLossError) as error:
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    steps = checkpoint._finished_steps(str(tmp_path / "run" / "checkpoints"))
+    assert steps == list(range(1, steps[-1] + 1)) and len(steps) < config.num_steps
+    assert f"last good checkpoint: step {steps[-1]} (only finite states are saved)" in str(
+        error.value
+    )
+    meta = checkpoint.read_meta(checkpoint.locate(str(tmp_path / "run")))
+    for step in steps:
+        location = checkpoint.Location(str(tmp_path / "run" / "checkpoints"), step)
+        _, variables = inference.restore_network(location, checkpoint.saved_config(meta))
+        assert train._all_finite(variables), step
