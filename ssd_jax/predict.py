@@ -4,15 +4,21 @@
         [--output predictions] [--score_threshold 0.5]
 
 ``PATH`` is an image, a folder of images or a video file. Each image gives
-``<output>/<name>.jpg`` with the detections drawn; a video gives
-``<output>/<name>.mp4``. ``<output>/detections.json`` lists the detections (boxes
-in original pixels, class names, scores) per image, or per ``<video>#<frame>``.
-Inputs of any size are resized to the model's input and the boxes mapped back.
-Unreadable files are reported and skipped.
+``<output>/<stem>.jpg`` with the detections drawn (``<stem>_<suffix>.jpg`` where
+inputs share a stem); a video gives ``<output>/<stem>.mp4``.
+``<output>/detections.json`` lists the detections (boxes in original pixels,
+class names, scores) per image, or per ``<video>#<frame>``. Inputs of any size
+are resized to the model's input and the boxes mapped back; photos are turned
+upright by their EXIF orientation. Unreadable files are reported and skipped.
+The output folder must not be the inputs' folder and must be writable (checked
+before the first image); a failed write stops the command, keeping
+``detections.json`` of what was done.
 """
 
+import collections
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 
 import cv2
@@ -20,6 +26,7 @@ import numpy as np
 from absl import flags
 
 from ssd_jax.data.example import DataError, read_image_rgb
+from ssd_jax.errors import UserError
 from ssd_jax.inference import Detector, draw_detections, load_detector
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -48,10 +55,9 @@ def read_video_frames(path: str) -> Iterator[tuple[np.ndarray, float]]:
         raise DataError(f"no readable frame in video {path}")
 
 
-def predict_video(detector: Detector, path: str, output: str, threshold: float) -> dict:
-    """Annotates every frame of ``path`` into ``output``/<name>.mp4; returns the
-    detections keyed ``<path>#<frame>``."""
-    name = os.path.splitext(os.path.basename(path))[0] + ".mp4"
+def predict_video(detector: Detector, path: str, output_file: str, threshold: float) -> dict:
+    """Annotates every frame of the video ``path`` into ``output_file`` (mp4);
+    returns the detections keyed ``<path>#<frame>``."""
     results, writer, frames = {}, None, []
 
     def flush():
@@ -64,8 +70,9 @@ def predict_video(detector: Detector, path: str, output: str, threshold: float) 
         for frame, fps in read_video_frames(path):
             if writer is None:
                 size = (frame.shape[1], frame.shape[0])
-                fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-                writer = cv2.VideoWriter(os.path.join(output, name), fourcc, fps, size)
+                writer = cv2.VideoWriter(output_file, cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+                if not writer.isOpened():
+                    raise UserError(f"cannot write the video {output_file}")
             frames.append(frame)
             if len(frames) == detector.batch_size:
                 flush()
@@ -77,14 +84,14 @@ def predict_video(detector: Detector, path: str, output: str, threshold: float) 
     return results
 
 
-def predict_image(detector: Detector, path: str, output: str, threshold: float) -> list[dict]:
-    """Writes ``output``/<name>.jpg with the detections of the image ``path`` drawn;
+def predict_image(detector: Detector, path: str, output_file: str, threshold: float) -> list[dict]:
+    """Writes ``output_file`` (jpg), the image ``path`` with its detections drawn;
     returns them."""
     image = read_image_rgb(path, exif_orientation=True)  # photos upright, as viewers show them
     detections = detector(image, threshold)
-    name = os.path.splitext(os.path.basename(path))[0] + ".jpg"
     drawn = cv2.cvtColor(draw_detections(image, detections), cv2.COLOR_RGB2BGR)
-    cv2.imwrite(os.path.join(output, name), drawn)
+    if not cv2.imwrite(output_file, drawn):
+        raise UserError(f"cannot write {output_file}")
     return detections
 
 
@@ -96,26 +103,60 @@ def list_inputs(path: str) -> list[str]:
     return sorted(os.path.join(path, n) for n in os.listdir(path) if n.lower().endswith(suffixes))
 
 
+def output_names(paths: list[str]) -> dict[str, str]:
+    """The file each input becomes: ``<stem>.jpg`` (videos ``<stem>.mp4``), or
+    ``<stem>_<suffix>.jpg`` where inputs share a stem (``a.jpg``, ``a.png``)."""
+
+    def name(path: str, keep_suffix: bool) -> str:
+        stem, suffix = os.path.splitext(os.path.basename(path))
+        stem = f"{stem}_{suffix.lstrip('.')}" if keep_suffix else stem
+        return stem + (".mp4" if suffix.lower() in VIDEO_SUFFIXES else ".jpg")
+
+    plain = collections.Counter(name(path, False) for path in paths)
+    return {path: name(path, plain[name(path, False)] > 1) for path in paths}
+
+
+def prepare_output(input_path: str, output: str) -> None:
+    """Creates the output folder and checks that it can be written and is not
+    the inputs' own folder (annotated copies would replace or join the inputs)."""
+    inputs_folder = input_path if os.path.isdir(input_path) else os.path.dirname(input_path)
+    if os.path.realpath(output) == os.path.realpath(inputs_folder or "."):
+        raise UserError(f"--output {output} is the folder of the inputs: give another folder")
+    try:
+        os.makedirs(output, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output):
+            pass
+    except OSError as error:
+        raise UserError(f"cannot write to the output folder {output}: {error}") from None
+
+
 def predict(detector: Detector, input_path: str, output: str, threshold: float) -> dict:
     """Runs :func:`predict_image` / :func:`predict_video` on every input, skipping
-    unreadable files; writes and returns ``{"detections", "skipped"}``."""
-    os.makedirs(output, exist_ok=True)
-    results, skipped = {}, []
-    for path in list_inputs(input_path):
-        try:
-            if path.lower().endswith(VIDEO_SUFFIXES):
-                found = predict_video(detector, path, output, threshold)
-                results.update(found)
-                print(f"{path}: {len(found)} frames, {sum(map(len, found.values()))} detections")
-            else:
-                results[path] = predict_image(detector, path, output, threshold)
-                print(f"{path}: {len(results[path])} detections")
-        except DataError as error:
-            print(f"skipped: {error}")
-            skipped.append(path)
-    report = {"detections": results, "skipped": skipped}
-    with open(os.path.join(output, "detections.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    unreadable files; writes ``detections.json`` (also when a write fails midway:
+    what was done is kept) and returns ``{"detections", "skipped"}``."""
+    prepare_output(input_path, output)
+    paths = list_inputs(input_path)
+    names = output_names(paths)
+    report = {"detections": {}, "skipped": []}
+    try:
+        for path in paths:
+            output_file = os.path.join(output, names[path])
+            try:
+                if path.lower().endswith(VIDEO_SUFFIXES):
+                    found = predict_video(detector, path, output_file, threshold)
+                    report["detections"].update(found)
+                    count = sum(map(len, found.values()))
+                    print(f"{path}: {len(found)} frames, {count} detections -> {output_file}")
+                else:
+                    found = predict_image(detector, path, output_file, threshold)
+                    report["detections"][path] = found
+                    print(f"{path}: {len(found)} detections -> {output_file}")
+            except DataError as error:
+                print(f"skipped: {error}")
+                report["skipped"].append(path)
+    finally:
+        with open(os.path.join(output, "detections.json"), "w") as f:
+            json.dump(report, f, indent=2)
     return report
 
 

@@ -154,3 +154,64 @@ def test_a_diverging_run_never_saves_a_non_finite_state(tmp_path):
         location = checkpoint.Location(str(tmp_path / "run" / "checkpoints"), step)
         _, variables = inference.restore_network(location, checkpoint.saved_config(meta))
         assert train._all_finite(variables), step
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return inference.load_detector(FIXTURE)
+
+
+def write_images(folder, names, seed=0):
+    import cv2
+
+    from ssd_jax.data.synthetic import SyntheticShapes
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shapes = SyntheticShapes(len(names), num_classes=3, image_size=(60, 80), seed=seed)
+    for k, name in enumerate(names):
+        cv2.imwrite(str(folder / name), cv2.cvtColor(shapes[k]["image"], cv2.COLOR_RGB2BGR))
+    return {name: (folder / name).read_bytes() for name in names}
+
+
+def test_predict_never_writes_into_its_inputs_nor_over_its_own_outputs(tmp_path, detector):
+    from ssd_jax import predict
+    from ssd_jax.errors import UserError
+
+    originals = write_images(tmp_path / "photos", ["a.jpg", "a.png", "b.jpg"])
+    for output in (tmp_path / "photos", tmp_path / "photos" / "."):
+        with pytest.raises(UserError, match="is the folder of the inputs: give another folder"):
+            predict.predict(detector, str(tmp_path / "photos"), str(output), 0.3)
+    with pytest.raises(UserError, match="is the folder of the inputs"):  # one image, its folder
+        predict.predict(detector, str(tmp_path / "photos" / "b.jpg"), str(tmp_path / "photos"), 0.3)
+    assert {n: (tmp_path / "photos" / n).read_bytes() for n in originals} == originals
+    assert sorted(os.listdir(tmp_path / "photos")) == ["a.jpg", "a.png", "b.jpg"]
+
+    report = predict.predict(detector, str(tmp_path / "photos"), str(tmp_path / "out"), 0.3)
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "a_jpg.jpg", "a_png.jpg", "b.jpg", "detections.json"
+    ]  # fmt: skip
+    assert len(report["detections"]) == 3
+    (tmp_path / "not_a_folder").write_text("")
+    with pytest.raises(UserError, match="cannot write to the output folder"):
+        predict.predict(detector, str(tmp_path / "photos"), str(tmp_path / "not_a_folder"), 0.3)
+
+
+def test_a_failed_write_stops_predict_and_keeps_what_was_done(tmp_path, detector, monkeypatch):
+    import cv2
+
+    from ssd_jax import predict
+    from ssd_jax.errors import UserError
+
+    write_images(tmp_path / "photos", ["a.jpg", "b.jpg", "c.jpg"])
+    written, imwrite = [], cv2.imwrite
+
+    def imwrite_until_disk_full(path, image):
+        written.append(path)
+        return len(written) < 2 and imwrite(path, image)
+
+    monkeypatch.setattr(predict.cv2, "imwrite", imwrite_until_disk_full)
+    with pytest.raises(UserError, match=r"cannot write .*b\.jpg"):
+        predict.predict(detector, str(tmp_path / "photos"), str(tmp_path / "out"), 0.3)
+    with open(tmp_path / "out" / "detections.json") as file:
+        kept = json.load(file)["detections"]
+    assert list(kept) == [str(tmp_path / "photos" / "a.jpg")]
