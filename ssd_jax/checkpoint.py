@@ -42,6 +42,19 @@ class CheckpointError(UserError, ValueError):
     message names the path."""
 
 
+class DamagedCheckpointError(CheckpointError):
+    """A saved step cannot be read back: a file of it is missing, cut short or empty."""
+
+
+def _damaged(location: "Location", error: Exception) -> DamagedCheckpointError:
+    detail = (str(error).strip().splitlines() or [""])[0][:200]
+    steps = _finished_steps(location.directory)
+    return DamagedCheckpointError(
+        f"{location.directory} step {location.step} is damaged or incomplete "
+        f"({type(error).__name__}: {detail}); its steps: {steps}"
+    )
+
+
 class Location(NamedTuple):
     """One saved step: ``directory`` (a ``checkpoints/`` folder) and ``step``."""
 
@@ -136,7 +149,10 @@ def read_meta(location: Location) -> dict:
     """The ``meta`` item of a checkpoint (see :func:`meta_for`)."""
     if not location.item(META).is_dir():
         raise CheckpointError(f"{location.item(META)} is missing: not an ssd_jax checkpoint")
-    return dict(ocp.JsonCheckpointHandler().restore(location.item(META)))
+    try:
+        return dict(ocp.JsonCheckpointHandler().restore(location.item(META)))
+    except Exception as error:  # any read failure of a written step is damage
+        raise _damaged(location, error) from error
 
 
 def saved_config(meta: dict) -> ml_collections.ConfigDict:
@@ -153,6 +169,13 @@ def _read_variables(location: Location) -> dict:
     """``params`` and ``batch_stats`` of the ``state`` item as flat dicts (keyed by
     :func:`_variable_path`) of arrays on this process's first device; the rest of
     the item (optimizer state, step) is not read."""
+    try:
+        return _read_variable_arrays(location)
+    except Exception as error:  # any read failure of a written step is damage
+        raise _damaged(location, error) from error
+
+
+def _read_variable_arrays(location: Location) -> dict:
     handler = ocp.PyTreeCheckpointHandler()
     tree = handler.metadata(location.item(STATE)).tree
     parts = {part: tree[part] for part in VARIABLE_PARTS if part in tree}
@@ -260,6 +283,37 @@ def load_backbone(model: nnx.Module, path: str) -> None:
     nnx.update(model.vgg, state)
 
 
+def _check_shapes(location: Location, state: TrainState) -> None:
+    """Raises :class:`CheckpointError` if the saved train state's arrays differ in
+    number or shape from ``state``'s, :class:`DamagedCheckpointError` if its metadata
+    cannot be read."""
+    try:
+        tree = ocp.PyTreeCheckpointHandler().metadata(location.item(STATE)).tree
+    except Exception as error:
+        raise _damaged(location, error) from error
+    is_leaf = lambda x: hasattr(x, "shape")  # noqa: E731
+    saved = sorted(tuple(m.shape) for m in jax.tree.leaves(tree, is_leaf=is_leaf))
+    ours = sorted(tuple(x.shape) for x in jax.tree.leaves(state))
+    if saved != ours:
+        raise CheckpointError(
+            f"{location.directory} step {location.step} holds a train state of other shapes "
+            f"({len(saved)} arrays, this configuration has {len(ours)}): another optimizer "
+            "or network. Give another --workdir, with --config.init.checkpoint to start from "
+            "its weights"
+        )
+
+
+def _check_iterator_states(location: Location) -> None:
+    """:class:`DamagedCheckpointError` if a data-iterator state of the step is not
+    a JSON object (checked before the arrays are read, which it would cut short)."""
+    for path in sorted(location.item(DATA).glob("*.json")):
+        try:
+            if not isinstance(json.loads(path.read_text()), dict):
+                raise ValueError("not a JSON object")
+        except ValueError as error:
+            raise _damaged(location, ValueError(f"{path.name}: {error}")) from error
+
+
 class TrainingCheckpoints:
     """The checkpoints of a training run, ``<workdir>/checkpoints``: the newest
     ``keep`` steps, each with the train state, every process's data-iterator
@@ -273,17 +327,49 @@ class TrainingCheckpoints:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def steps(self) -> list[int]:
+        """The finished steps, newest first."""
+        return sorted(self._manager.all_steps(), reverse=True)
+
+    def location(self, step: int) -> Location:
+        return Location(self.directory, step)
+
+    def read_meta(self, step: int) -> dict:
+        return read_meta(self.location(step))
+
     def restore(self, step: int, state: TrainState, iterator) -> TrainState:
         """The train state saved at ``step`` (``state`` gives its structure) and,
-        in place, the Grain ``iterator``'s position."""
+        in place, the Grain ``iterator``'s position. :class:`DamagedCheckpointError` if
+        the step cannot be read, :class:`CheckpointError` if it holds a train state
+        of other shapes (another optimizer or network)."""
         import grain  # here: inference reads checkpoints without loading Grain
 
+        location = self.location(step)
+        _check_shapes(location, state)
+        _check_iterator_states(location)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
         items = {
             STATE: ocp.args.StandardRestore(abstract),
             DATA: grain.checkpoint.CheckpointRestore(iterator),
         }
-        return self._manager.restore(step, args=ocp.args.Composite(**items))[STATE]
+        try:
+            return self._manager.restore(step, args=ocp.args.Composite(**items))[STATE]
+        except Exception as error:  # the shapes fit: a failed read is damage
+            raise _damaged(location, error) from error
+
+    def set_aside(self, step: int) -> str:
+        """Renames a damaged step's folder to ``<step>.damaged`` (kept for a look,
+        no longer a step) so that the run can go on from an older one."""
+        folder = os.path.join(self.directory, str(step))
+        aside = folder + ".damaged"
+        for count in range(1, 1000):
+            if not os.path.exists(aside):
+                break
+            aside = f"{folder}.damaged{count}"
+        if jax.process_index() == 0:
+            os.rename(folder, aside)
+        self._manager.reload()
+        return aside
 
     def save(self, step: int, state: TrainState, iterator, meta: dict) -> None:
         import grain  # here: inference reads checkpoints without loading Grain
