@@ -76,50 +76,11 @@ def resolve_config(
     return config
 
 
-def _check_resumable(directory: str, saved: dict, meta: dict) -> None:
-    """Refuses to resume a run whose classes, network, input normalization or
-    training data differ from this configuration's, naming each difference."""
-    differences = checkpoint.resume_differences(saved, meta)
-    if differences:
-        workdir = os.path.dirname(directory)
-        raise checkpoint.CheckpointError(
-            f"{workdir} holds a run of another configuration (saved -> now):\n  "
-            + "\n  ".join(differences)
-            + f"\nTo train the new configuration from its weights, give another --workdir "
-            f"and --config.init.checkpoint={workdir}"
-        )
-
-
-def _resume(checkpoints, state: steps.TrainState, iterator, meta: dict):
-    """The newest intact checkpoint of this run (``state`` and the iterator's
-    position), or None if there is none. Newer damaged steps are set aside with a
-    warning; if every step is damaged, :class:`checkpoint.DamagedCheckpointError`."""
-    damaged = []
-    for step in checkpoints.steps():
-        try:
-            _check_resumable(checkpoints.directory, checkpoints.read_meta(step), meta)
-            state = checkpoints.restore(step, state, iterator)
-        except checkpoint.DamagedCheckpointError as error:
-            damaged.append((step, error))
-            continue
-        for bad_step, error in damaged:
-            aside = checkpoints.set_aside(bad_step)
-            print(f"warning: {error}\n  set aside as {aside}; going on from step {step}",
-                  flush=True)  # fmt: skip
-        print(f"resumed from {checkpoints.directory} at step {step}", flush=True)
-        return state
-    if damaged:
-        raise checkpoint.DamagedCheckpointError(
-            "no intact checkpoint to resume from: " + "; ".join(str(error) for _, error in damaged)
-        )
-    return None
-
-
 def _initial_state(config, checkpoints, state: steps.TrainState, iterator, meta: dict):
     """The newest intact checkpoint of this run (if it is a run of this
     configuration), else ``init.checkpoint``'s weights (heads of another class
     count stay fresh), else ``state`` as it is."""
-    resumed = _resume(checkpoints, state, iterator, meta)
+    resumed = checkpoints.resume(state, iterator, meta)
     if resumed is not None:
         return resumed
     if config.init.checkpoint:

@@ -145,7 +145,7 @@ def test_a_diverging_run_never_saves_a_non_finite_state(tmp_path):
     config.checkpoint_every, config.log_every, config.keep_checkpoints = 1, 100, 20
     with pytest.raises(train.NonFiniteLossError) as error:
         train.train_and_evaluate(config, str(tmp_path / "run"))
-    steps = checkpoint._finished_steps(str(tmp_path / "run" / "checkpoints"))
+    steps = checkpoint.finished_steps(str(tmp_path / "run" / "checkpoints"))
     assert steps == list(range(1, steps[-1] + 1)) and len(steps) < config.num_steps
     assert f"last good checkpoint: step {steps[-1]} (only finite states are saved)" in str(
         error.value

@@ -10,17 +10,22 @@ A batch is a dict of NumPy arrays (B = per-process batch size, M = ``max_boxes``
 ``mask``          bool (B, M)             real objects
 ``image_id``      int64 (B,)              see :mod:`ssd_jax.data.example`
 ``num_truncated`` int32 (B,)              objects beyond M that were dropped
+``num_unreadable`` int32 (B,)             examples that could not be read and were
+                                          replaced by the next readable one
+``unreadable_index`` int64 (B,)           the first of them (source index), or -1
 ================  ======================  ==========================================
 
 Evaluation batches add ``difficult``, ``is_crowd`` (B, M), ``height``, ``width``
-(B,) and ``is_padding`` (B,): the last batch is filled with padding examples so
-every real image is evaluated exactly once.
+(B,), ``is_padding`` (B,): the last batch is filled with padding examples so
+every real image is evaluated exactly once, and ``unreadable`` (B,): an image
+that could not be read, scored as padding.
 
 Each example's augmentation depends only on (seed, epoch, index), and the Grain
 iterator's state can be saved and restored (``get_state`` / ``set_state``), so
 a resumed run sees the same data as an uninterrupted one.
 """
 
+import logging
 import math
 
 import cv2
@@ -29,6 +34,7 @@ import numpy as np
 from absl import flags
 
 from ssd_jax.data.augment import eval_preprocess, train_augment, train_resize_only
+from ssd_jax.data.example import DataError
 from ssd_jax.data.imagenet import IMAGENET_MEAN_RGB
 
 DEFAULT_MAX_BOXES = 100  # VOC has at most 42 objects per image, COCO train2017 93
@@ -63,6 +69,34 @@ def pad_objects(boxes: np.ndarray, labels: np.ndarray, max_boxes: int, **flags: 
     return out
 
 
+class _ReadableSource:
+    """``source``, where an example that cannot be read (:class:`DataError`: an
+    undecodable or vanished image) is replaced by the next readable one, with a
+    warning naming it, so that one bad file never ends a run. The replacement
+    carries ``num_unreadable`` (how many were passed over) and ``unreadable_index``
+    (the first of them; -1 when none), which the batches carry on."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        for offset in range(len(self.source)):
+            try:
+                example = self.source[(index + offset) % len(self.source)]
+            except DataError as error:
+                logging.warning("skipped: %s", error)
+                continue
+            return {
+                **example,
+                "num_unreadable": offset,
+                "unreadable_index": index if offset else -1,
+            }
+        raise DataError("no example of the data source can be read")
+
+
 class TrainTransform(grain.transforms.RandomMap):
     """Augments one example (:func:`ssd_jax.data.augment.train_augment`) and pads it."""
 
@@ -92,6 +126,8 @@ class TrainTransform(grain.transforms.RandomMap):
             "image": augmented["image"],
             **pad_objects(augmented["boxes"], augmented["labels"], self.max_boxes),
             "image_id": np.int64(augmented["image_id"]),
+            "num_unreadable": np.int32(example.get("num_unreadable", 0)),
+            "unreadable_index": np.int64(example.get("unreadable_index", -1)),
         }
 
 
@@ -118,6 +154,7 @@ class EvalTransform(grain.transforms.Map):
             "height": np.int32(resized["height"]),
             "width": np.int32(resized["width"]),
             "is_padding": np.bool_(example.get("is_padding", False)),
+            "unreadable": np.bool_(example.get("unreadable", False)),
         }
 
 
@@ -132,7 +169,15 @@ class _PaddedSource:
 
     def __getitem__(self, index: int) -> dict:
         if index < len(self.source):
-            return self.source[index]
+            try:
+                return self.source[index]
+            except DataError as error:  # scored as padding, counted as ``unreadable``
+                logging.warning("skipped: %s", error)
+                return {**self._blank(), "unreadable": True}
+        return self._blank()
+
+    @staticmethod
+    def _blank() -> dict:
         blank = np.zeros(0, bool)
         return {
             "image": np.zeros((8, 8, 3), np.uint8),
@@ -181,7 +226,7 @@ def train_dataset(
             f"of {batch_size}"
         )
     transform = TrainTransform(image_size, max_boxes, fill_rgb, keep_difficult, keep_crowd, augment)
-    dataset = grain.MapDataset.source(source)[shard_index::shard_count]
+    dataset = grain.MapDataset.source(_ReadableSource(source))[shard_index::shard_count]
     dataset = dataset.shuffle(seed=seed).repeat(num_epochs)
     dataset = dataset.random_map(transform, seed=seed)
     return dataset.batch(batch_size, drop_remainder=True)

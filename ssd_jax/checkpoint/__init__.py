@@ -1,0 +1,63 @@
+"""The run directory on disk: where checkpoints live, what they hold, and every
+read and write of them.
+
+A run directory (``--workdir``) holds ``checkpoints/<step>/``, written by Orbax,
+each step with these items:
+
+==========  ===================================================================
+``state``   the :data:`~ssd_jax.steps.TrainState` (params, batch_stats,
+            opt_state, step); an imported detector's holds its variables only
+``meta``    JSON: what using the checkpoint on its own needs (:func:`meta_for`)
+``data``    the data iterators' states, one per process (training runs only)
+==========  ===================================================================
+
+Inference and fine-tuning read only ``params`` and ``batch_stats`` of the
+``state`` item, through Orbax's item handlers: no optimizer is needed to build
+a template, and neither is Grain (the ``data`` item's handler).
+"""
+
+from ssd_jax.checkpoint.layout import (
+    CHECKPOINTS,
+    DATA,
+    META,
+    STATE,
+    VARIABLE_PARTS,
+    CheckpointError,
+    DamagedCheckpointError,
+    Location,
+    finished_steps,
+    locate,
+    meta_for,
+    read_meta,
+    resume_differences,
+    saved_config,
+)
+from ssd_jax.checkpoint.training import TrainingCheckpoints
+from ssd_jax.checkpoint.variables import (
+    backbone_normalization,
+    load_backbone,
+    restore_variables,
+    write_detector,
+)
+
+__all__ = [
+    "CHECKPOINTS",
+    "DATA",
+    "META",
+    "STATE",
+    "VARIABLE_PARTS",
+    "CheckpointError",
+    "DamagedCheckpointError",
+    "Location",
+    "TrainingCheckpoints",
+    "backbone_normalization",
+    "finished_steps",
+    "load_backbone",
+    "locate",
+    "meta_for",
+    "read_meta",
+    "restore_variables",
+    "resume_differences",
+    "saved_config",
+    "write_detector",
+]  # fmt: skip
