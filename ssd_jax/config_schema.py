@@ -71,6 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.augment = True  # False: resize only (the reference's no-augmentation switch)
     config.data.max_boxes = 100
     config.data.num_workers = 4
+    config.data.max_unreadable_images = 100  # training stops past this many (distinct)
     config.data.mean = IMAGENET_MEAN_RGB  # input normalization, 0-255 RGB
     config.data.std = IMAGENET_STD_RGB
 
@@ -138,6 +139,7 @@ def _rules(config: ml_collections.ConfigDict) -> list[tuple[str, bool, str]]:
         ("data.eval.kind", config.data.eval.kind in DATA_KINDS, str(DATA_KINDS)),
         ("data.max_boxes", config.data.max_boxes >= 1, "at least 1"),
         ("data.num_workers", config.data.num_workers >= 0, "0 (in process) or more"),
+        ("data.max_unreadable_images", config.data.max_unreadable_images >= 0, "0 or more"),
         ("optimizer.name", opt.name in ("sgd", "adam"), "'sgd' or 'adam'"),
         ("optimizer.learning_rate", opt.learning_rate > 0, "positive"),
         ("optimizer.warmup_steps", opt.warmup_steps >= 0, "0 or more"),

@@ -17,7 +17,8 @@ from ssd_jax.evaluation import scoring
 
 STEP_KEYS = ("image", "boxes", "labels", "mask")  # what the eval step reads
 GROUND_TRUTH_KEYS = (
-    "boxes", "labels", "mask", "difficult", "is_crowd", "is_padding", "height", "width", "image_id"
+    "boxes", "labels", "mask", "difficult", "is_crowd", "is_padding", "height", "width",
+    "image_id", "unreadable",
 )  # fmt: skip
 
 
@@ -75,7 +76,7 @@ class Evaluator:
             yield batch
 
     def __call__(self, variables: steps.Variables) -> dict[str, float]:
-        losses, ground_truth, detections = [], [], []
+        losses, ground_truth, detections, unreadable = [], [], [], 0
         for batch in self._batches():
             batch_losses, found = self._eval_step(
                 variables, parallel.global_batch(batch, self._mesh, STEP_KEYS)
@@ -84,10 +85,13 @@ class Evaluator:
             local = {key: np.asarray(batch[key]) for key in GROUND_TRUTH_KEYS}
             gathered = multihost_utils.process_allgather({"found": found, "gt": local}, tiled=True)
             gts, dets = scoring.batch_records(gathered["gt"], gathered["found"])
+            unreadable += int(gathered["gt"]["unreadable"].sum())
             ground_truth += gts
             detections += dets
         losses = jax.device_get(losses)
         result = {key: float(np.mean([loss[key] for loss in losses])) for key in losses[0]}
+        if unreadable:  # left out of the metric (scored as padding): say so
+            result["unreadable_images"] = unreadable
         return result | scoring.score(
             ground_truth,
             detections,

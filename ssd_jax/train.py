@@ -21,6 +21,7 @@ from absl import app, flags
 
 from ssd_jax import build, checkpoint, config_schema, parallel, steps
 from ssd_jax.data import pipeline
+from ssd_jax.data.example import DataError
 from ssd_jax.errors import UserError
 from ssd_jax.evaluation import scoring
 from ssd_jax.evaluator import Evaluator, make_evaluator
@@ -47,6 +48,7 @@ class Run:
     meta: dict
     evaluator: Evaluator | None
     writer: MetricsWriter | None  # process 0 only
+    unreadable: "UnreadableImages"
 
     def close(self) -> None:
         """Completes a checkpoint being written, stops Grain's worker processes and
@@ -137,6 +139,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
             meta=meta,
             evaluator=evaluator,
             writer=MetricsWriter(workdir, start_step) if jax.process_index() == 0 else None,
+            unreadable=UnreadableImages(train_source, config.data.max_unreadable_images),
         )
         opened.pop_all()  # the run owns them now: Run.close releases them
     return run
@@ -158,6 +161,28 @@ def _train_dataset(config: ml_collections.ConfigDict, source):
     )
 
 
+class UnreadableImages:
+    """The training images met so far that could not be read (each was replaced by
+    the next readable one: :class:`ssd_jax.data.pipeline._ReadableSource`)."""
+
+    def __init__(self, source, limit: int):
+        self.source, self.limit, self.indices = source, limit, set()
+
+    def add(self, batch: dict) -> None:
+        """Notes the batch's unreadable images; :class:`DataError` past the limit."""
+        self.indices.update(int(i) for i in batch["unreadable_index"] if i >= 0)
+        if len(self.indices) > self.limit:
+            raise DataError(
+                f"{len(self.indices)} training images cannot be read, more than "
+                f"data.max_unreadable_images = {self.limit}: {self.names()[:20]}; fix or "
+                "remove them, or raise the limit"
+            )
+
+    def names(self) -> list[str]:
+        name = getattr(self.source, "image_file", lambda index: f"example {index}")
+        return [name(index) for index in sorted(self.indices)]
+
+
 class LogWindow:
     """The metrics of the steps since the last log line. They stay on the device
     until :meth:`check_finite` or :meth:`summary` reads them, the loop's only host
@@ -166,11 +191,13 @@ class LogWindow:
     def __init__(self):
         self.pending: list[tuple[int, dict]] = []  # (step, metrics)
         self.truncated = 0  # objects beyond data.max_boxes dropped from these images
+        self.unreadable = 0  # images that could not be read (replaced by readable ones)
         self.start = time.time()
 
     def add(self, step: int, metrics: dict, batch: dict) -> None:
         self.pending.append((step, metrics))
         self.truncated += int(batch["num_truncated"].sum())
+        self.unreadable += int(batch["num_unreadable"].sum())
 
     def check_finite(self, last_checkpoint: int | None) -> None:
         """Raises :class:`NonFiniteLossError` if a step of the window had a NaN or
@@ -192,6 +219,7 @@ class LogWindow:
         summary["learning_rate"] = float(history[-1]["learning_rate"])
         summary["images_per_s"] = len(history) * batch_size / (time.time() - self.start)
         summary["truncated_objects"] = self.truncated
+        summary["unreadable_images"] = self.unreadable
         self.__init__()
         return summary
 
@@ -225,11 +253,12 @@ def _progress(step: int, num_steps: int, record: dict, start_step: int, start: f
     eta = (time.time() - start) / max(step - start_step, 1) * (num_steps - step)
     width = 24
     filled = int(width * step / num_steps)
+    unreadable = record["unreadable_images"]
     print(
         f"[{'#' * filled}{'.' * (width - filled)}] {step}/{num_steps} "
         f"loss {record['loss']:.3f} (loc {record['loc']:.3f} conf {record['conf']:.3f}) "
         f"lr {record['learning_rate']:.2e} {record['images_per_s']:.1f} img/s "
-        f"ETA {eta / 60:.1f} min",
+        f"ETA {eta / 60:.1f} min" + (f", {unreadable} unreadable images" if unreadable else ""),
         flush=True,
     )
 
@@ -242,8 +271,10 @@ def _evaluate(run: Run, step: int) -> None:
         name, value = scoring.headline(result)
         evaluated, total = run.evaluator.num_images, len(run.evaluator.source)
         subset = f" ({evaluated} of {total} images)" if evaluated < total else ""
-        print(f"eval at step {step}{subset}: loss {result['loss']:.3f} {name} {value:.4f}",
-              flush=True)  # fmt: skip
+        unreadable = result.get("unreadable_images", 0)
+        note = f" ({unreadable} unreadable images left out)" if unreadable else ""
+        print(f"eval at step {step}{subset}: loss {result['loss']:.3f} {name} {value:.4f}"
+              f"{note}", flush=True)  # fmt: skip
 
 
 def train(run: Run) -> steps.TrainState:
@@ -260,6 +291,7 @@ def train(run: Run) -> steps.TrainState:
     for step in range(start_step + 1, config.num_steps + 1):
         last = step == config.num_steps
         batch = next(run.iterator)
+        run.unreadable.add(batch)
         run.state, metrics = run.train_step(
             run.state, parallel.global_batch(batch, run.mesh, TRAIN_KEYS)
         )
@@ -274,6 +306,10 @@ def train(run: Run) -> steps.TrainState:
             last_checkpoint = step
         if run.evaluator and (step % config.eval_every == 0 or last):
             _evaluate(run, step)
+    if run.unreadable.indices:
+        count, names = len(run.unreadable.indices), run.unreadable.names()
+        print(f"skipped {count} unreadable training images (the next readable image took "
+              f"their place): {names}", flush=True)  # fmt: skip
     return run.state
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -266,3 +267,68 @@ def test_a_checkpoint_of_another_optimizer_is_refused_not_taken_for_damage(tmp_p
     with pytest.raises(checkpoint.CheckpointError, match="holds a train state of other shapes"):
         train.setup(config, str(tmp_path / "run"))
     assert os.listdir(tmp_path / "run" / "checkpoints") == ["150"]
+
+
+def voc_with_a_corrupt_image(root, count=8):
+    """A VOC-style folder of ``count`` shapes images; image 2's JPEG is garbage."""
+    from ssd_jax.data.synthetic import SyntheticShapes, write_voc
+
+    shapes = SyntheticShapes(count, num_classes=3, image_size=(60, 80), seed=4)
+    write_voc(str(root), {"trainval": shapes})
+    bad = root / "JPEGImages" / "trainval_000002.jpg"
+    bad.write_bytes(b"\xff\xd8 not a JPEG any more")
+    return shapes.class_names, bad
+
+
+def test_an_unreadable_image_is_replaced_in_training_and_left_out_of_evaluation(tmp_path):
+    from ssd_jax.data import pipeline
+    from ssd_jax.data.sources import VocSource
+
+    class_names, bad = voc_with_a_corrupt_image(tmp_path / "voc")
+    source = VocSource([(str(tmp_path / "voc"), "trainval")], class_names=class_names)
+    batches = pipeline.make_iterator(
+        pipeline.train_dataset(source, image_size=300, batch_size=4, seed=0, augment=False)
+    )
+    seen = [next(batches) for _ in range(4)]  # two epochs of two batches
+    assert sum(int(b["num_unreadable"].sum()) for b in seen) == 2  # once per epoch
+    indices = {int(i) for b in seen for i in b["unreadable_index"] if i >= 0}
+    assert indices == {2} and source.image_file(2) == str(bad)
+    assert all(b["image"].shape == (4, 300, 300, 3) for b in seen)
+
+    batch = next(pipeline.make_iterator(pipeline.eval_dataset(source, image_size=300,
+                                                              batch_size=8)))  # fmt: skip
+    assert batch["unreadable"].tolist() == [k == 2 for k in range(8)]
+    assert batch["is_padding"].tolist() == batch["unreadable"].tolist()  # scored as padding
+
+
+def test_training_stops_past_max_unreadable_images_naming_them(tmp_path):
+    class_names, bad = voc_with_a_corrupt_image(tmp_path / "voc")
+    config = tiny_config()
+    for split in ("train", "eval"):
+        config.data[split].kind = "voc"
+        config.data[split].voc_splits = (f"{tmp_path / 'voc'}:trainval",)
+    config.data.class_names, config.data.augment = class_names, False
+    config.data.max_unreadable_images = 0
+    with pytest.raises(DataError) as error:
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert str(error.value) == (
+        f"1 training images cannot be read, more than data.max_unreadable_images = 0: "
+        f"[{str(bad)!r}]; fix or remove them, or raise the limit"
+    )
+
+
+def test_evaluation_leaves_an_unreadable_image_out_and_says_so(tmp_path):
+    from ssd_jax import parallel
+    from ssd_jax.evaluator import make_evaluator
+
+    voc_with_a_corrupt_image(tmp_path / "voc")  # the shapes classes, as the fixture
+    location = checkpoint.locate(FIXTURE)
+    config = checkpoint.saved_config(checkpoint.read_meta(location))
+    with config.unlocked():
+        config.data.eval = config_schema.data_config("voc")
+        config.data.eval.voc_splits = (f"{tmp_path / 'voc'}:trainval",)
+    graphdef, variables = inference.restore_network(location, config)
+    mesh = parallel.make_data_mesh()
+    variables = jax.device_put(variables, parallel.replicated(mesh))
+    result = make_evaluator(config, graphdef, mesh)(variables)
+    assert result["unreadable_images"] == 1 and 0 <= result["map"] <= 1

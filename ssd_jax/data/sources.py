@@ -39,6 +39,9 @@ class _AnnotatedImages:
     def __len__(self) -> int:
         return len(self._records)
 
+    def image_file(self, index: int) -> str:
+        return self._records[index]["image_file"]
+
     def __getitem__(self, index: int) -> dict:
         record = self._records[index]
         image = read_image_rgb(record["image_file"])
