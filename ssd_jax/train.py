@@ -100,8 +100,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     if config.distributed:
         jax.distributed.initialize()
     if config.batch_size % jax.device_count():
-        raise ValueError(
-            f"batch_size {config.batch_size} is not divisible by the {jax.device_count()} devices"
+        raise config_schema.ConfigError(
+            f"batch_size = {config.batch_size}: must be a multiple of the {jax.device_count()} "
+            "devices"
         )
     mesh = parallel.make_data_mesh()
     class_names = tuple(config.data.class_names) if config.data.class_names else None
