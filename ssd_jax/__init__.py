@@ -11,4 +11,37 @@ Conventions used throughout:
 * Images are NHWC; they travel to the device as uint8 and are normalized there.
 """
 
+import importlib.metadata
+
 __version__ = "0.1.0"
+
+
+def _release(package: str) -> tuple[int, ...]:
+    """``package``'s installed version as numbers (``0.12.0.1`` -> (0, 12, 0, 1))."""
+    numbers = []
+    for part in importlib.metadata.version(package).split("."):
+        digits = "".join(c for c in part if c.isdigit())
+        if not digits:
+            break
+        numbers.append(int(digits))
+    return tuple(numbers)
+
+
+def _check_jax_and_flax() -> None:
+    """Flax 0.12.8 and 0.12.9 use ``jax.experimental.hijax.HiPrimitive``, which jax
+    0.11.2 renamed (flax issue #5596): with such a pair, ``import flax`` fails with
+    an AttributeError that does not say why. Checked before flax is imported, from
+    the installed versions alone."""
+    try:
+        jax_version, flax_version = _release("jax"), _release("flax")
+    except importlib.metadata.PackageNotFoundError:
+        return  # not installed as a distribution (a source tree): nothing to compare
+    if jax_version >= (0, 11, 2) and flax_version < (0, 12, 10):
+        raise ImportError(
+            f"flax {importlib.metadata.version('flax')} does not work with jax "
+            f"{importlib.metadata.version('jax')} (flax >= 0.12.10 is needed from jax "
+            "0.11.2 on): pip install -U 'flax>=0.12.10'"
+        )
+
+
+_check_jax_and_flax()

@@ -111,6 +111,14 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval_batches = 0  # 0 = the whole eval split
     config.eval_metric = "voc"  # "voc" (VOC07 11-point and all-point mAP) or "coco"
     config.distributed = False  # call jax.distributed.initialize() (multi-host)
+
+    # a NaN or infinite loss, gradient or parameter: "stop" (naming the last good
+    # checkpoint) or "rollback" (back to it, past the batches up to the bad step, at
+    # learning_rate_factor times the rate; at most max_times, then stop)
+    config.on_nonfinite = "stop"
+    config.rollback = ml_collections.ConfigDict()
+    config.rollback.max_times = 3
+    config.rollback.learning_rate_factor = 0.5
     return config
 
 
@@ -130,6 +138,10 @@ def _rules(config: ml_collections.ConfigDict) -> list[tuple[str, bool, str]]:
         ("eval_batches", config.eval_batches >= 0, "0 (the whole split) or more"),
         ("keep_checkpoints", config.keep_checkpoints >= 1, "at least 1"),
         ("eval_metric", config.eval_metric in ("voc", "coco"), "'voc' or 'coco'"),
+        ("on_nonfinite", config.on_nonfinite in ("stop", "rollback"), "'stop' or 'rollback'"),
+        ("rollback.max_times", config.rollback.max_times >= 1, "at least 1"),
+        ("rollback.learning_rate_factor", 0 < config.rollback.learning_rate_factor <= 1,
+         "in (0, 1]"),
         ("model.architecture", config.model.architecture in ARCHITECTURES, str(ARCHITECTURES)),
         ("model.default_boxes", config.model.default_boxes in ("", *PRESETS),
          f"'' or one of {sorted(PRESETS)}"),

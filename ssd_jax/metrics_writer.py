@@ -22,14 +22,22 @@ class MetricsWriter:
         os.makedirs(workdir, exist_ok=True)
         self.workdir = workdir
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+        self._open(start_step)
+
+    def _open(self, start_step: int) -> None:
         if os.path.exists(self.jsonl_path):
             kept = [r for r in read_metrics(self.jsonl_path) if r["step"] <= start_step]
             with open(self.jsonl_path, "w") as f:
                 f.writelines(json.dumps(record) + "\n" for record in kept)
         self._jsonl = open(self.jsonl_path, "a")  # noqa: SIM115 (closed in close())
         # purge_step: TensorBoard hides the earlier event files' later steps
-        tensorboard_dir = os.path.join(workdir, "tensorboard")
+        tensorboard_dir = os.path.join(self.workdir, "tensorboard")
         self._tensorboard = SummaryWriter(tensorboard_dir, purge_step=start_step + 1)
+
+    def rewind(self, step: int) -> None:
+        """Drops the records after ``step``: the run goes back to it (a rollback)."""
+        self.close()
+        self._open(step)
 
     def write(self, step: int, metrics: dict[str, float], prefix: str = "train") -> None:
         record = {"step": int(step), **{f"{prefix}/{k}": float(v) for k, v in metrics.items()}}

@@ -106,13 +106,18 @@ def make_train_step(
     schedule: optax.Schedule,
     settings: StepSettings,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """``train_step(state, batch) -> (state, metrics)``, not yet jitted.
+    """``train_step(state, batch, learning_rate_scale=1.0) -> (state, metrics)``,
+    not yet jitted.
 
     ``batch`` holds ``image`` uint8 (B, S, S, 3), ``boxes`` (B, M, 4), ``labels`` and
-    ``mask`` (B, M). ``metrics``: loss, loc, conf, num_pos, learning_rate, grad_norm.
+    ``mask`` (B, M). ``learning_rate_scale`` (a float32 scalar) multiplies the
+    schedule's rate (after rollbacks: :mod:`ssd_jax.divergence`). ``metrics``:
+    loss, loc, conf, num_pos, learning_rate, grad_norm.
     """
 
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def train_step(
+        state: TrainState, batch: dict, learning_rate_scale: jax.Array | float = 1.0
+    ) -> tuple[TrainState, dict]:
         def loss_fn(params):
             # copy: fresh Variables at this trace level, which BatchNorm may update
             model = nnx.merge(graphdef, params, state["batch_stats"], copy=True)
@@ -124,6 +129,9 @@ def make_train_step(
             state["params"]
         )
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        # the rate multiplies the optimizer's last transformation: scaling the updates
+        # is scaling the rate (momentum and weight decay come before it)
+        updates = jax.tree.map(lambda u: u * learning_rate_scale, updates)
         new_state = {
             "params": optax.apply_updates(state["params"], updates),
             "batch_stats": batch_stats,
@@ -133,7 +141,7 @@ def make_train_step(
         metrics = {
             "loss": loss,
             **parts,
-            "learning_rate": schedule(state["step"]),
+            "learning_rate": schedule(state["step"]) * learning_rate_scale,
             "grad_norm": optax.tree.norm(grads),
         }
         return new_state, metrics

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
@@ -22,17 +21,12 @@ from absl import app, flags
 from ssd_jax import build, checkpoint, config_schema, parallel, steps
 from ssd_jax.data import pipeline
 from ssd_jax.data.example import DataError
-from ssd_jax.errors import UserError
+from ssd_jax.divergence import NonFiniteLossError, Rollbacks, all_finite
 from ssd_jax.evaluation import scoring
 from ssd_jax.evaluator import Evaluator, make_evaluator
 from ssd_jax.metrics_writer import MetricsWriter, plot_learning_curve
 
 TRAIN_KEYS = ("image", "boxes", "labels", "mask")  # what the train step reads
-
-
-class NonFiniteLossError(UserError, RuntimeError):
-    """The loss, gradients or parameters became NaN or infinite; the message names
-    the step and the last checkpoint (all saved states are finite)."""
 
 
 @dataclasses.dataclass
@@ -49,6 +43,7 @@ class Run:
     evaluator: Evaluator | None
     writer: MetricsWriter | None  # process 0 only
     unreadable: "UnreadableImages"
+    rollbacks: Rollbacks
 
     def close(self) -> None:
         """Completes a checkpoint being written, stops Grain's worker processes and
@@ -130,6 +125,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
         state = steps.init_train_state(variables, optimizer)
         state = _initial_state(config, checkpoints, state, iterator, meta)
         start_step = int(jax.device_get(state["step"]))
+        if start_step:  # resumed: go on with the rollbacks so far (and their rate)
+            meta["rollbacks"] = checkpoints.read_meta(start_step).get("rollbacks", [])
         run = Run(
             config=config,
             mesh=mesh,
@@ -141,6 +138,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
             evaluator=evaluator,
             writer=MetricsWriter(workdir, start_step) if jax.process_index() == 0 else None,
             unreadable=UnreadableImages(train_source, config.data.max_unreadable_images),
+            rollbacks=Rollbacks(config, meta),
         )
         opened.pop_all()  # the run owns them now: Run.close releases them
     return run
@@ -207,8 +205,9 @@ class LogWindow:
             if not (math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])):
                 raise NonFiniteLossError(
                     f"loss is {record['loss']} (loc {record['loc']}, conf {record['conf']}, "
-                    f"gradient norm {record['grad_norm']}) at step {step}; "
-                    f"{_last_good(last_checkpoint)}"
+                    f"gradient norm {record['grad_norm']}) at step {step}",
+                    step,
+                    last_checkpoint,
                 )
 
     def summary(self, batch_size: int, last_checkpoint: int | None) -> dict:
@@ -225,43 +224,36 @@ class LogWindow:
         return summary
 
 
-def _last_good(last_checkpoint: int | None) -> str:
-    where = f"step {last_checkpoint}" if last_checkpoint is not None else "none yet"
-    return (
-        f"last good checkpoint: {where} (only finite states are saved). Lower the learning "
-        "rate or raise optimizer.warmup_steps."
-    )
-
-
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
 def _save(run: Run, step: int, window: LogWindow, last_checkpoint: int | None) -> None:
     """Saves the run at ``step`` unless a step since the last check was not finite
     or the variables are not: a checkpoint never holds a diverged state."""
     window.check_finite(last_checkpoint)
     variables = {part: run.state[part] for part in checkpoint.VARIABLE_PARTS}
-    if not _all_finite(variables):
+    if not all_finite(variables):
         raise NonFiniteLossError(
-            f"the parameters are not finite after step {step}; {_last_good(last_checkpoint)}"
+            f"the parameters are not finite after step {step}", step, last_checkpoint
         )
     run.checkpoints.save(step, run.state, run.iterator, run.meta)
 
 
-def _progress(step: int, num_steps: int, record: dict, start_step: int, start: float) -> None:
-    eta = (time.time() - start) / max(step - start_step, 1) * (num_steps - step)
-    width = 24
-    filled = int(width * step / num_steps)
-    unreadable = record["unreadable_images"]
-    print(
-        f"[{'#' * filled}{'.' * (width - filled)}] {step}/{num_steps} "
-        f"loss {record['loss']:.3f} (loc {record['loc']:.3f} conf {record['conf']:.3f}) "
-        f"lr {record['learning_rate']:.2e} {record['images_per_s']:.1f} img/s "
-        f"ETA {eta / 60:.1f} min" + (f", {unreadable} unreadable images" if unreadable else ""),
-        flush=True,
-    )
+class Progress:
+    """The progress line (with the time left) of the steps since ``start_step``."""
+
+    def __init__(self, start_step: int, num_steps: int):
+        self.start_step, self.num_steps, self.start = start_step, num_steps, time.time()
+
+    def show(self, step: int, record: dict) -> None:
+        eta = (time.time() - self.start) / max(step - self.start_step, 1) * (self.num_steps - step)
+        width = 24
+        filled = int(width * step / self.num_steps)
+        unreadable = record["unreadable_images"]
+        print(
+            f"[{'#' * filled}{'.' * (width - filled)}] {step}/{self.num_steps} "
+            f"loss {record['loss']:.3f} (loc {record['loc']:.3f} conf {record['conf']:.3f}) "
+            f"lr {record['learning_rate']:.2e} {record['images_per_s']:.1f} img/s "
+            f"ETA {eta / 60:.1f} min" + (f", {unreadable} unreadable images" if unreadable else ""),
+            flush=True,
+        )
 
 
 def _evaluate(run: Run, step: int) -> None:
@@ -281,37 +273,72 @@ def _evaluate(run: Run, step: int) -> None:
 def train(run: Run) -> steps.TrainState:
     """The training loop, from the run's current step to ``num_steps``: a log line
     every ``log_every`` steps, a checkpoint every ``checkpoint_every``, an
-    evaluation every ``eval_every`` (and all three at the last step)."""
+    evaluation every ``eval_every`` (and all three at the last step). A non-finite
+    state stops it, or rolls it back (:mod:`ssd_jax.divergence`)."""
     config = run.config
-    start_step = int(jax.device_get(run.state["step"]))
-    if start_step >= config.num_steps:
-        print(f"{run.checkpoints.directory} is at step {start_step} of {config.num_steps}: "
+    step = int(jax.device_get(run.state["step"]))
+    if step >= config.num_steps:
+        print(f"{run.checkpoints.directory} is at step {step} of {config.num_steps}: "
               "nothing to train (raise num_steps to go on)", flush=True)  # fmt: skip
     last_checkpoint = run.checkpoints.latest_step()
-    window, start = LogWindow(), time.time()
-    for step in range(start_step + 1, config.num_steps + 1):
-        last = step == config.num_steps
+    window, progress = LogWindow(), Progress(step, config.num_steps)
+    while step < config.num_steps:
+        step += 1
         batch = next(run.iterator)
         run.unreadable.add(batch)
         run.state, metrics = run.train_step(
-            run.state, parallel.global_batch(batch, run.mesh, TRAIN_KEYS)
+            run.state,
+            parallel.global_batch(batch, run.mesh, TRAIN_KEYS),
+            np.float32(run.rollbacks.learning_rate_scale),
         )
         window.add(step, metrics, batch)
-        if step % config.log_every == 0 or last:
-            summary = window.summary(config.batch_size, last_checkpoint)
-            if run.writer:
-                run.writer.write(step, summary)
-                _progress(step, config.num_steps, summary, start_step, start)
-        if step % config.checkpoint_every == 0 or last:
-            _save(run, step, window, last_checkpoint)
-            last_checkpoint = step
-        if run.evaluator and (step % config.eval_every == 0 or last):
-            _evaluate(run, step)
+        try:
+            last_checkpoint = _log_save_evaluate(run, step, window, last_checkpoint, progress)
+        except NonFiniteLossError as error:
+            step = _roll_back(run, error)
+            window, progress = LogWindow(), Progress(step, config.num_steps)
     if run.unreadable.indices:
         count, names = len(run.unreadable.indices), run.unreadable.names()
         print(f"skipped {count} unreadable training images (the next readable image took "
               f"their place): {names}", flush=True)  # fmt: skip
     return run.state
+
+
+def _log_save_evaluate(
+    run: Run, step: int, window: LogWindow, last_checkpoint: int | None, progress: "Progress"
+) -> int | None:
+    """What is due after ``step``; returns the newest checkpoint's step."""
+    config, last = run.config, step == run.config.num_steps
+    if step % config.log_every == 0 or last:
+        summary = window.summary(config.batch_size, last_checkpoint)
+        if run.writer:
+            run.writer.write(step, summary)
+            progress.show(step, summary)
+    if step % config.checkpoint_every == 0 or last:
+        _save(run, step, window, last_checkpoint)
+        last_checkpoint = step
+    if run.evaluator and (step % config.eval_every == 0 or last):
+        window.check_finite(last_checkpoint)
+        _evaluate(run, step)
+    return last_checkpoint
+
+
+def _roll_back(run: Run, error: NonFiniteLossError) -> int:
+    """Restores the last good checkpoint, skips the batches up to the bad step and
+    lowers the learning rate (re-raises ``error`` when rollback is off or used up);
+    returns the step restored."""
+    restored = run.rollbacks.record(error)
+    state = run.checkpoints.restore(restored, run.state, run.iterator)
+    run.state = jax.device_put(state, parallel.replicated(run.mesh))
+    for _ in range(error.step - restored):  # the batches that led to the bad state
+        run.unreadable.add(next(run.iterator))
+    if run.writer:
+        run.writer.rewind(restored)
+    events, limit = len(run.rollbacks.events), run.rollbacks.max_times
+    print(f"warning: {error.problem}; rolled back to step {restored} ({events} of {limit} "
+          f"rollbacks), skipping the batches of steps {restored + 1}-{error.step}, learning "
+          f"rate x{run.rollbacks.learning_rate_scale:g} from now on", flush=True)  # fmt: skip
+    return restored
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:

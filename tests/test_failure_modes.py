@@ -4,13 +4,18 @@ README's "Failure modes"): each case reproduced and shown handled."""
 import gc
 import json
 import os
+import random
+import re
 import shutil
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
 import pytest
 
-from ssd_jax import checkpoint, config_schema, inference, train
+from ssd_jax import checkpoint, config_schema, divergence, inference, train
 from ssd_jax.data.example import DataError
 from ssd_jax.metrics_writer import MetricsWriter, read_metrics
 
@@ -155,7 +160,111 @@ def test_a_diverging_run_never_saves_a_non_finite_state(tmp_path):
     for step in steps:
         location = checkpoint.Location(str(tmp_path / "run" / "checkpoints"), step)
         _, variables = inference.restore_network(location, checkpoint.saved_config(meta))
-        assert train._all_finite(variables), step
+        assert divergence.all_finite(variables), step
+
+
+def test_rollback_goes_back_past_the_bad_batches_at_a_lower_rate_and_a_resume_keeps_it(
+    tmp_path, capsys
+):
+    """From step 3 on the rate is 1e12 times too high. With on_nonfinite='rollback'
+    the run goes back to the last checkpoint, skips the batches up to the first
+    bad step and goes on at 1e-12 times the rate (the sane rate again): it ends
+    finite, each step once in the metrics; a resume keeps the lowered rate."""
+    config = tiny_config()
+    config.optimizer.warmup_steps, config.optimizer.milestones = 0, (2,)
+    config.optimizer.gamma, config.rollback.learning_rate_factor = 1e12, 1e-12
+    config.on_nonfinite, config.num_steps, config.eval_every = "rollback", 5, 0
+    config.checkpoint_every, config.log_every, config.keep_checkpoints = 2, 1, 20
+    workdir = tmp_path / "run"
+    state = train.train_and_evaluate(config, str(workdir))
+    assert divergence.all_finite({part: state[part] for part in checkpoint.VARIABLE_PARTS})
+    (event,) = checkpoint.read_meta(checkpoint.locate(str(workdir)))["rollbacks"]
+    assert event["restored"] == 2 and event["step"] > 2 and event["learning_rate_scale"] == 1e-12
+    assert (
+        f"rolled back to step 2 (1 of 3 rollbacks), skipping the batches of steps 3-{event['step']}"
+        in capsys.readouterr().out
+    )
+    # the data iterator went past the skipped batches: one batch per step, and those
+    position = json.loads(
+        (workdir / "checkpoints" / "5" / "data" / "process_0-of-1.json").read_text()
+    )
+    assert position["next_index"] == 5 + event["step"] - 2
+    records = [r for r in read_metrics(str(workdir / "metrics.jsonl")) if "train/loss" in r]
+    assert [r["step"] for r in records] == list(range(1, 6))
+    rates = [r["train/learning_rate"] for r in records]
+    # 1e-3 scaled to batch 8; steps 1-2, then 1e12 * 1e-12 times that
+    np.testing.assert_allclose(rates, [2.5e-4] * 5, rtol=1e-6)
+
+    config.num_steps = 6  # a resume goes on at the lowered rate
+    train.train_and_evaluate(config, str(workdir))
+    assert len(checkpoint.read_meta(checkpoint.locate(str(workdir)))["rollbacks"]) == 1
+    records = [r for r in read_metrics(str(workdir / "metrics.jsonl")) if "train/loss" in r]
+    np.testing.assert_allclose(records[-1]["train/learning_rate"], 2.5e-4, rtol=1e-6)
+
+
+def test_rollbacks_stop_when_used_up_or_when_nothing_was_saved_yet():
+    config = tiny_config()
+    config.on_nonfinite, config.rollback.max_times = "rollback", 2
+    config.rollback.learning_rate_factor = 0.5
+    meta = {}
+    rollbacks = divergence.Rollbacks(config, meta)
+    assert rollbacks.record(divergence.NonFiniteLossError("loss is nan", 7, 4)) == 4
+    assert rollbacks.record(divergence.NonFiniteLossError("loss is nan", 9, 4)) == 4
+    assert rollbacks.learning_rate_scale == 0.25
+    assert meta["rollbacks"] == [
+        {"step": 7, "restored": 4, "learning_rate_scale": 0.5},
+        {"step": 9, "restored": 4, "learning_rate_scale": 0.25},
+    ]
+    with pytest.raises(
+        divergence.NonFiniteLossError, match=r"after 2 rollbacks \(rollback.max_times = 2\)"
+    ):
+        rollbacks.record(divergence.NonFiniteLossError("loss is nan", 9, 4))
+    with pytest.raises(divergence.NonFiniteLossError, match="no checkpoint to roll back to"):
+        divergence.Rollbacks(config, {}).record(divergence.NonFiniteLossError("nan", 1, None))
+    config.on_nonfinite = "stop"
+    error = divergence.NonFiniteLossError("loss is nan", 7, 4)
+    with pytest.raises(divergence.NonFiniteLossError) as raised:
+        divergence.Rollbacks(config, {}).record(error)
+    assert raised.value is error
+
+
+def test_kill_9_at_random_moments_then_a_rerun_ends_bitwise_equal_to_an_uninterrupted_run(
+    tmp_path,
+):
+    """SIGKILL three times at random moments of a run that saves every step (so
+    kills land in checkpoint writes too), then the same command to the end: the
+    final variables equal an uninterrupted run's bit for bit."""
+    overrides = {"num_steps": 8, "checkpoint_every": 1, "log_every": 1, "eval_every": 0}
+    config = tiny_config()
+    config.update(overrides)
+    reference = train.train_and_evaluate(config, str(tmp_path / "reference"))
+    workdir = tmp_path / "killed"
+    command = [sys.executable, "-m", "ssd_jax.train", "--config", "configs/tiny.py",
+               "--workdir", str(workdir), *(f"--config.{k}={v}" for k, v in overrides.items())]  # fmt: skip
+    # the same 8 CPU devices as this process, so that the programs are the same
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "8", "JAX_PLATFORMS": "cpu"}
+    moments = random.Random()
+    for kill_from_step in (2, 4, 6):
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        try:
+            for line in process.stdout:  # progress lines: "[##....] 3/8 loss ..."
+                done = re.search(r"\] (\d+)/8 ", line)
+                if done and int(done.group(1)) >= kill_from_step:
+                    time.sleep(moments.uniform(0, 1))  # within the next step or two
+                    break
+        finally:
+            process.kill()
+            process.wait()
+    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+
+    location = checkpoint.locate(str(workdir))
+    assert location.step == 8
+    template = {part: reference[part] for part in checkpoint.VARIABLE_PARTS}
+    expected = [np.asarray(x) for x in jax.tree.leaves(template)]
+    variables = checkpoint.restore_variables(location, template)  # in place
+    for ours, theirs in zip(jax.tree.leaves(variables), expected, strict=True):
+        np.testing.assert_array_equal(np.asarray(ours), theirs)
 
 
 @pytest.fixture(scope="module")

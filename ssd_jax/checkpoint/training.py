@@ -84,6 +84,7 @@ class TrainingCheckpoints:
         of other shapes (another optimizer or network)."""
         import grain  # here: inference reads checkpoints without loading Grain
 
+        self._manager.wait_until_finished()  # a rollback may restore the step being written
         location = self.location(step)
         _check_shapes(location, state)
         _check_iterator_states(location)
