@@ -12,6 +12,7 @@ Conventions used throughout:
 """
 
 import importlib.metadata
+import os
 
 __version__ = "0.1.0"
 
@@ -44,4 +45,20 @@ def _check_jax_and_flax() -> None:
         )
 
 
+# XLA:CPU's YNNPACK "reduce" fusion (a max pool fused with the convolutions and
+# ReLUs around it) returns NaN in bfloat16 on jax 0.12 (reproduction:
+# docs/upstream/xla_cpu_ynn_bf16_nan.py); left out, everything else stays fused.
+# The flag is read when the CPU backend starts, so it is set at import, unless the
+# user set it already. It only concerns the CPU backend; jax 0.10 knows it too.
+YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+
+
+def _avoid_xla_cpu_bf16_pooling_bug() -> None:
+    """Turn off the YNNPACK reduce fusion in ``XLA_FLAGS`` unless the user chose one."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if YNN_FUSION_FLAG not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {YNN_FUSION_FLAG}=-reduce".strip()
+
+
 _check_jax_and_flax()
+_avoid_xla_cpu_bf16_pooling_bug()
