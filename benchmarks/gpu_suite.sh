@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of the README's Performance section in one go, most important
-# first (a lent GPU's time is short): SSD300/SSD512 train steps in bf16 (fp32 for
+# first (a lent GPU's time is short): the GPU checks (benchmarks/gpu_checks.py:
+# exported artifacts on the GPU, bf16 SSD300 against fp32), SSD300/SSD512 train steps in bf16 (fp32 for
 # SSD300), the detector at batch 1/8/64, and the input pipeline with N workers.
 #
 #   bash benchmarks/gpu_suite.sh OUT_DIR [NAME ...]   (from the repository root)
@@ -30,6 +31,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 'optax', optax.__version__, jax.devices())" 2>&1 | tee -a "$log"
 
 bench=benchmarks
+run gpu_checks 200 $bench.gpu_checks --inputs "${GPU_INPUTS:-.gpu_inputs}" \
+  --output "$out/gpu_checks.json"
 run train300_bf16 150 $bench.train_step --config configs/ssd300_voc.py --batch_size 64 \
   --dtypes bfloat16 --steps 30 --output "$out/train300_bf16.json"
 run inference300_bf16 120 $bench.inference --architecture ssd300 --dtype bfloat16 \

@@ -5,6 +5,8 @@ detectors, backbones, and a checkpoint written before the entry-layer rework."""
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +20,7 @@ from ssd_jax.data.synthetic import SHAPE_NAMES, SyntheticShapes
 from ssd_jax.evaluator import make_evaluator
 from ssd_jax.models import SSD
 from ssd_jax.steps import normalize_images, split_model
+from tests import cross_version
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "data", "checkpoint_v0.1")
@@ -241,3 +244,28 @@ def test_backbone_weights_load_into_the_trunk_with_their_normalization(tmp_path)
         checkpoint.load_backbone(model, str(tmp_path / "bad.npz"))
     with pytest.raises(checkpoint.CheckpointError, match="no backbone weights file"):
         checkpoint.backbone_normalization(str(tmp_path / "missing.npz"))
+
+
+def test_checkpoints_cross_interpreters_and_jax_versions_both_ways(tmp_path):
+    """A checkpoint written by the Python 3.11 stack (jax 0.10) restores on the
+    newest (Python 3.13, jax 0.12) and back: the same parameters bit for bit
+    (Orbax's files and the NNX variable tree read the same), the same network
+    outputs up to float32 sums in another order (other XLA versions fuse
+    differently; at most 3 * 3 * 64 products per sum in this 1/16-width network).
+    Part of the newest-stack suite: .ci/run sets SSD_JAX_OTHER_PYTHON to the
+    floor's interpreter."""
+    other_python = os.environ.get("SSD_JAX_OTHER_PYTHON")
+    if not other_python:
+        if os.environ.get("CI") and sys.version_info >= (3, 12):
+            pytest.fail("CI runs this with SSD_JAX_OTHER_PYTHON (see .ci/run)")
+        pytest.skip("set SSD_JAX_OTHER_PYTHON to another interpreter with ssd_jax installed")
+    ours, theirs, arrays = tmp_path / "ours", tmp_path / "theirs", tmp_path / "theirs.npz"
+    cross_version.train_tiny(str(ours))
+    command = [other_python, cross_version.__file__, str(theirs), str(arrays), str(ours)]
+    subprocess.run(command, check=True, capture_output=True, timeout=600)
+    other = np.load(arrays)
+    for k, workdir in enumerate((theirs, ours)):
+        here = cross_version.restored(str(workdir))
+        np.testing.assert_array_equal(here["variables"], other[f"{k}/variables"])
+        for name in ("loc", "conf"):
+            np.testing.assert_allclose(here[name], other[f"{k}/{name}"], rtol=1e-4, atol=1e-5)

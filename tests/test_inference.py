@@ -1,6 +1,7 @@
 """Inference (ssd_jax.inference): the Detector on batches and single images, the
 portable export, and that inference loads none of the trainer."""
 
+import json
 import os
 import subprocess
 import sys
@@ -71,9 +72,19 @@ np.savez(sys.argv[3], **{k: np.asarray(v) for k, v in found.items()})
 """
 
 
-def test_exported_detector_runs_without_the_model_code(tmp_path, detector):
-    exported, info = inference.export_detector(detector)
-    inference.save_export(exported, info, str(tmp_path / "detector.jaxexport"))
+def test_the_export_command_writes_a_detector_for_every_platform_that_runs_alone(
+    tmp_path, detector
+):
+    """``python -m ssd_jax.export`` lowers for cpu, cuda, rocm and tpu; the artifact
+    runs in a process that imports neither ssd_jax nor flax and finds what the
+    Detector finds (on the GPU too: benchmarks/gpu_checks.py)."""
+    command = [sys.executable, "-m", "ssd_jax.export", "--checkpoint", FIXTURE,
+               "--output", str(tmp_path / "detector.jaxexport")]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "for cpu, cuda, rocm, tpu" in result.stdout
+    info = json.loads((tmp_path / "detector.jaxexport.json").read_text())
+    assert info["platforms"] == ["cpu", "cuda", "rocm", "tpu"]
     split = SyntheticShapes(16, 3, image_size=(160, 160), max_objects=2, seed=1, min_size=0.2)
     images = np.stack([resize(split[k]["image"], info["image_size"]) for k in range(3)])
     np.save(tmp_path / "images.npy", images)
@@ -95,3 +106,18 @@ def test_exported_detector_runs_without_the_model_code(tmp_path, detector):
     reloaded, reloaded_info = inference.load_export(str(tmp_path / "detector.jaxexport"))
     assert reloaded_info["class_names"] == list(SHAPE_NAMES[:3])
     assert reloaded.in_avals[0].dtype == np.uint8
+    assert reloaded.platforms == ("cpu", "cuda", "rocm", "tpu")
+
+    command[-1] = str(tmp_path / "gpu_only.jaxexport")
+    wrong = subprocess.run([*command, "--platforms=gpu"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
+    assert wrong.returncode == 1 and wrong.stderr.strip().splitlines()[-1] == (
+        "error: --platforms gpu: give one or more of cpu,cuda,rocm,tpu (jax's names; "
+        "'gpu' is cuda or rocm)"
+    )
+    cuda = subprocess.run([*command, "--platforms=cuda"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert cuda.returncode == 0, cuda.stderr[-2000:]
+    gpu_only, _ = inference.load_export(command[-1])
+    with pytest.raises(ValueError, match="cpu"):  # lowered for a GPU only: a CPU refuses it
+        gpu_only.call(images)

@@ -61,7 +61,7 @@ def test_sharded_train_step_equals_single_device_step_and_compiles_once():
     With static shapes and output shardings equal to the input ones, the loop's
     step, fed its own donated output and new data each time, never recompiles."""
     with jax.enable_x64(True):
-        model = SSD("ssd300", 3, width=1 / 16, batch_norm=True, dtype=jnp.float64,
+        model = SSD("ssd300", 3, width=1 / 32, batch_norm=True, dtype=jnp.float64,
                     param_dtype=jnp.float64, rngs=nnx.Rngs(0))  # fmt: skip
         schedule = optim.step_schedule(1e-3, 2, (2,), 0.1)
         optimizer = optim.make_optimizer("sgd", schedule)
@@ -108,7 +108,7 @@ def test_bfloat16_train_step_and_detector_follow_float32():
     batch = tiny_batch(2)
     results = {}
     for dtype in (jnp.float32, jnp.bfloat16):
-        model = SSD("ssd300", 3, width=1 / 8, dtype=dtype, rngs=nnx.Rngs(0))
+        model = SSD("ssd300", 3, width=1 / 16, dtype=dtype, rngs=nnx.Rngs(0))
         graphdef, variables = split_model(model)
         settings = StepSettings(boxes, compute_dtype=dtype)
         train_step = jax.jit(make_train_step(graphdef, optimizer, schedule, settings))

@@ -7,8 +7,8 @@ eager result is finite, largest value ~8). With
 fusion off) the jitted result equals the eager one exactly; jax 0.10.2 gives no
 NaN with or without the flag. Dropping either pool or the last convolution makes
 the NaNs go away; the optimized HLO puts ``reduce-window`` (max pool) inside
-``__ynn_fusion`` custom fusions with the convolutions around it. Nondeterministic NaNs suggest a read of
-uninitialized memory in that fusion.
+``__ynn_fusion`` custom fusions with the convolutions around it.
+Nondeterministic NaNs suggest a read of uninitialized memory in that fusion.
 
 ssd_jax sets the flag at import (``ssd_jax/__init__.py``). Not yet filed: the
 machine this was found on has no internet; file it at github.com/openxla/xla.
