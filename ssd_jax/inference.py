@@ -163,6 +163,7 @@ def export_detector(
     exported = jax.export.export(jax.jit(detect), platforms=tuple(platforms))(images)
     info = {
         "platforms": list(exported.platforms),
+        "jax_version": jax.__version__,  # loads in this jax and newer ones
         "class_names": list(detector.class_names),
         "image_size": size,
         "input": "uint8 RGB (B, S, S, 3), resized to S x S",
