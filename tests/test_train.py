@@ -38,6 +38,13 @@ def load_config(name):
 def test_configs_load_with_the_paper_defaults(name):
     config = load_config(name)
     assert config.optimizer.momentum == 0.9
+    # the paper's loss (hard negatives 3:1, alpha 1, positives from IoU 0.5) and
+    # inference (score > 0.01, NMS at IoU 0.45, top 200 per class and per image)
+    assert (config.loss.neg_pos_ratio, config.loss.alpha) == (3.0, 1.0)
+    assert config.loss.match_iou_threshold == 0.5
+    detection = config.detection
+    assert (detection.score_threshold, detection.nms_iou_threshold) == (0.01, 0.45)
+    assert detection.top_k_per_class == detection.max_detections == 200
     if name.startswith("ssd"):
         assert config.optimizer.name == "sgd"
         assert config.batch_size == 32 and config.optimizer.learning_rate == 1e-3
