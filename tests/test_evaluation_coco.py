@@ -113,14 +113,18 @@ def test_official_annotation_file_is_restricted_to_evaluated_images_and_classes(
 
 
 def test_voc_summary_has_both_interpolations():
-    gts, dets = random_records(np.random.default_rng(1), 30, 2)
-    result = scoring.score(gts, dets, ["a", "b"], "voc")
-    assert result["map"] == pytest.approx(
-        voc.mean_average_precision(gts, dets, 2, use_07_metric=True).map
-    )
-    assert result["map_area"] == pytest.approx(
-        voc.mean_average_precision(gts, dets, 2, use_07_metric=False).map
-    )
+    """Two objects; detections ranked TP (0.9), FP (0.8), TP (0.7): precision 1 up
+    to recall 1/2, then 2/3 at recall 1. VOC07 11-point: (6 * 1 + 5 * 2/3) / 11;
+    all-point (area): 1/2 * 1 + 1/2 * 2/3."""
+    gts = [voc.ImageGroundTruth(np.array([[0.1, 0.1, 0.3, 0.3], [0.6, 0.6, 0.9, 0.9]]),
+                                np.array([1, 1]), np.array([False, False]))]  # fmt: skip
+    dets = [voc.ImageDetections(np.array([[0.1, 0.1, 0.3, 0.3], [0.4, 0.0, 0.5, 0.1],
+                                          [0.6, 0.6, 0.9, 0.9]]),
+                                np.array([0.9, 0.8, 0.7]), np.array([1, 1, 1]))]  # fmt: skip
+    result = scoring.score(gts, dets, ["a"], "voc")
+    assert result["map"] == pytest.approx((6 + 5 * 2 / 3) / 11, abs=1e-12)
+    assert result["map_area"] == pytest.approx(1 / 2 + 1 / 2 * 2 / 3, abs=1e-12)
+    assert result["ap/a"] == result["map"]
     assert scoring.headline(result) == ("mAP", result["map"])
     with pytest.raises(ValueError, match="unknown metric"):
         scoring.score(gts, dets, ["a", "b"], "kitti")
