@@ -1,11 +1,12 @@
 """Exports a checkpoint's whole detector (uint8 input normalization, network,
-decoding, NMS) with ``jax.export``: a serialized StableHLO artifact with the
-weights inside, which runs without ssd_jax or Flax.
+decoding, NMS), with the weights inside, as a ``jax.export`` artifact that runs
+with JAX alone, or as an ONNX model (``--format onnx``) for onnxruntime.
 
     python -m ssd_jax.export --checkpoint runs/shapes --output detector.jaxexport
+    python -m ssd_jax.export --checkpoint runs/shapes --format onnx --output detector.onnx
 
-writes ``detector.jaxexport`` and ``detector.jaxexport.json`` (class names, input
-size). To run it, only JAX is needed::
+writes the file and ``<output>.json`` (class names, input size, and for
+``jax.export`` the platforms and the jax version). To run them::
 
     import jax, numpy as np
     with open("detector.jaxexport", "rb") as f:
@@ -14,13 +15,19 @@ size). To run it, only JAX is needed::
     # found: {"boxes_xyxy": (B, K, 4) normalized, "scores": (B, K), "classes": (B, K)
     #         1..C, "valid": (B, K) bool, "num_detections": (B,)}
 
-The batch dimension is symbolic (any B) unless ``--batch_size`` fixes it. The
-artifact is lowered for every platform in ``--platforms`` (default: cpu, cuda,
-rocm, tpu), whatever machine exports it: exported on a laptop, it runs on a GPU
-server. ``jax.export`` artifacts load in the jax version that wrote them and in
-newer ones (within jax's compatibility window; an older jax may refuse them).
+    import onnxruntime
+    session = onnxruntime.InferenceSession("detector.onnx")
+    boxes_xyxy, scores, classes, valid, num_detections = session.run(None, {"in_0": images})
+
+The batch dimension is symbolic (any B) unless ``--batch_size`` fixes it (jax
+only). The jax artifact is lowered for every platform in ``--platforms``
+(default: cpu, cuda, rocm, tpu), whatever machine exports it: exported on a
+laptop, it runs on a GPU server. ``jax.export`` artifacts load in the jax version
+that wrote them and in newer ones (within jax's compatibility window; an older
+jax may refuse them). ONNX export needs the ``onnx`` extra (Python 3.11).
 """
 
+import logging
 import os
 
 from absl import flags
@@ -31,26 +38,43 @@ from ssd_jax.inference import EXPORT_PLATFORMS, export_detector, load_detector, 
 FLAGS = flags.FLAGS
 
 
-def main(argv: list[str]) -> None:
-    del argv
+def _check_platforms() -> None:
     unknown = [name for name in FLAGS.platforms if name not in EXPORT_PLATFORMS]
     if unknown or not FLAGS.platforms:
         raise UserError(
             f"--platforms {','.join(FLAGS.platforms)}: give one or more of "
             f"{','.join(EXPORT_PLATFORMS)} (jax's names; 'gpu' is cuda or rocm)"
         )
-    detector = load_detector(FLAGS.checkpoint, FLAGS.step)
-    exported, info = export_detector(detector, FLAGS.batch_size, FLAGS.platforms)
-    save_export(exported, info, FLAGS.output)
-    size = os.path.getsize(FLAGS.output) / 1e6
-    print(f"wrote {FLAGS.output} ({size:.1f} MB, for {', '.join(info['platforms'])}) and its .json")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    output = FLAGS.output or f"detector.{'onnx' if FLAGS.format == 'onnx' else 'jaxexport'}"
+    if FLAGS.format == "onnx":
+        from ssd_jax import onnx_export
+
+        onnx_export.require_onnx()  # before the checkpoint is read
+        for name in ("jax2onnx", "onnx_ir"):  # their conversion notes are not for users
+            logging.getLogger(name).setLevel(logging.ERROR)
+        model, info = onnx_export.export_onnx(load_detector(FLAGS.checkpoint, FLAGS.step))
+        onnx_export.save_onnx(model, info, output)
+        target = f"onnxruntime, opset {model.opset_import[0].version}"
+    else:
+        _check_platforms()
+        detector = load_detector(FLAGS.checkpoint, FLAGS.step)
+        exported, info = export_detector(detector, FLAGS.batch_size, FLAGS.platforms)
+        save_export(exported, info, output)
+        target = ", ".join(info["platforms"])
+    size = os.path.getsize(output) / 1e6
+    print(f"wrote {output} ({size:.1f} MB, for {target}) and its .json")
 
 
 if __name__ == "__main__":
     from ssd_jax import cli
 
     cli.define_checkpoint_flags()
-    flags.DEFINE_string("output", "detector.jaxexport", "Where to write the artifact.")
+    flags.DEFINE_enum("format", "jax", ["jax", "onnx"], "jax.export artifact or ONNX model.")
+    flags.DEFINE_string("output", None, "Where to write (default detector.jaxexport / .onnx).")
     flags.DEFINE_integer("batch_size", None, "Fixed batch size (default: symbolic, any).")
-    flags.DEFINE_list("platforms", list(EXPORT_PLATFORMS), "Backends to lower for.")
+    flags.DEFINE_list("platforms", list(EXPORT_PLATFORMS), "Backends to lower for (jax).")
     cli.run(main)

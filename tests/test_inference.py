@@ -120,3 +120,21 @@ def test_the_export_command_writes_a_detector_for_every_platform_that_runs_alone
     gpu_only, _ = inference.export_detector(detector, platforms=("cuda",))
     with pytest.raises(ValueError, match="cpu"):  # lowered for a GPU only: a CPU refuses it
         gpu_only.call(images)
+
+
+def test_onnx_export_without_its_extra_is_one_line_naming_it(tmp_path):
+    """As on Python 3.12+, where the onnx extra does not install (tests/test_onnx.py
+    covers the export itself on 3.11)."""
+    code = (
+        "import sys, runpy; sys.modules['jax2onnx'] = None; "
+        f"sys.argv = ['export', '--checkpoint', {FIXTURE!r}, '--format', 'onnx', "
+        f"'--output', {str(tmp_path / 'detector.onnx')!r}]; "
+        "runpy.run_module('ssd_jax.export', run_name='__main__')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == (
+        "error: ONNX export needs jax2onnx: pip install -e '.[onnx]' (Python 3.11: jax2onnx "
+        "does not support jax 0.11+ yet)"
+    )
+    assert os.listdir(tmp_path) == []

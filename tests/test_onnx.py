@@ -1,0 +1,47 @@
+"""ONNX export (``python -m ssd_jax.export --format onnx``) under onnxruntime
+against the JAX detector. Python 3.11's suite only: see tests/conftest.py."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime
+
+from ssd_jax import inference
+from ssd_jax.data.augment import resize
+from ssd_jax.data.synthetic import SyntheticShapes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(ROOT, "tests", "data", "checkpoint_v0.1")
+
+
+def test_the_onnx_model_finds_what_the_jax_detector_finds_at_any_batch_size(tmp_path):
+    """Same detections as the JAX detector: scores and boxes within 1e-4 (both are
+    float32 computations of the same network in another order: measured 2e-6 and
+    6e-7), same classes; compared detection by detection in each image, so that
+    two near-equal scores coming out in the other order do not matter."""
+    output = tmp_path / "detector.onnx"
+    command = [sys.executable, "-m", "ssd_jax.export", "--checkpoint", FIXTURE,
+               "--format", "onnx", "--output", str(output)]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "for onnxruntime" in result.stdout and "WARNING" not in result.stderr, result.stderr
+    session = onnxruntime.InferenceSession(str(output))
+    detector = inference.load_detector(FIXTURE)
+    split = SyntheticShapes(16, 3, image_size=(160, 160), max_objects=2, seed=1, min_size=0.2)
+    images = np.stack([resize(split[k]["image"], detector.image_size) for k in range(6)])
+    for batch in (images[:1], images[1:]):  # the batch dimension is dynamic
+        boxes, scores, classes, valid, counts = session.run(None, {"in_0": batch})
+        expected = detector.detect_resized(batch)
+        np.testing.assert_array_equal(counts, expected.num_detections)
+        for i in range(len(batch)):
+            ours = np.sort(scores[i][valid[i]])
+            np.testing.assert_allclose(ours, np.sort(expected.scores[i][expected.valid[i]]),
+                                       atol=1e-4)  # fmt: skip
+            for box, score, label in zip(expected.boxes_xyxy[i], expected.scores[i],
+                                         expected.classes[i], strict=True):  # fmt: skip
+                if score > 0.02:  # away from the 0.01 threshold
+                    same = (classes[i] == label) & (np.abs(scores[i] - score) <= 1e-4)
+                    assert (np.abs(boxes[i][same] - box).max(axis=1) <= 1e-4).any()
+    assert scores.shape == (5, 200) and (counts > 0).all()
