@@ -16,6 +16,7 @@ Each ``forward`` returns the raw head outputs in the project's own layout.
 
 from collections import OrderedDict
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 (the PyTorch idiom)
 from torch import nn
@@ -104,7 +105,8 @@ class PytorchSSD(nn.Module):
     """pytorch_SSD's SSD300/SSD512: forward -> (loc (B, D, 4), conf (B, D, C + 1),
     background last)."""
 
-    def __init__(self, architecture, num_classes, batch_norm=False, width=1.0):
+    def __init__(self, architecture, num_classes, batch_norm=False, width=1.0,
+                 conv11_2_bn=False):  # fmt: skip
         super().__init__()
         self.num_classes = num_classes
         layers, c_in, block, index, sources = OrderedDict(), 3, 1, 1, []
@@ -131,8 +133,8 @@ class PytorchSSD(nn.Module):
         c_in = ch(1024, width)
         for k, (reduced, out, kernel, stride, padding) in enumerate(EXTRAS[architecture], start=8):
             layers[name(f"{k}_1", batch_norm)] = ConvRelu(c_in, ch(reduced, width), 1, batch_norm)
-            # pytorch_SSD builds conv11_2 of SSD300 without BN
-            bn = batch_norm and not (architecture == "ssd300" and k == 11)
+            # pytorch_SSD builds conv11_2 of SSD300 without BN (conv11_2_bn: with, as ours)
+            bn = batch_norm and (conv11_2_bn or not (architecture == "ssd300" and k == 11))
             layers[name(f"{k}_2", bn)] = ConvRelu(
                 ch(reduced, width), ch(out, width), kernel, bn, stride=stride, padding=padding
             )
@@ -321,3 +323,58 @@ class TorchvisionSSD300(nn.Module):
     def forward(self, x):
         features = self.backbone(x)
         return self.head.regression_head(features), self.head.classification_head(features)
+
+
+# --- pytorch_SSD's training computation ------------------------------------------
+
+
+def pytorch_ssd_match(gt_xyxy, labels, dboxes_cxcywh, num_classes, threshold=0.5):
+    """pytorch_SSD's ``matching_strategy`` for one image (study §5): each default
+    box takes its best-IoU object; each object forces its best default box (the
+    later object wins a shared one); positives have IoU > threshold (strict).
+    Returns pos (D,) bool, loc targets (D, 4) (variances 0.1/0.2) and class
+    targets (D,) in 0..C-1 for objects, C (the LAST index) for background."""
+    d = dboxes_cxcywh
+    d_xyxy = torch.cat([d[:, :2] - d[:, 2:] / 2, d[:, :2] + d[:, 2:] / 2], 1)
+    lt = torch.max(gt_xyxy[:, None, :2], d_xyxy[None, :, :2])
+    rb = torch.min(gt_xyxy[:, None, 2:], d_xyxy[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area_g = (gt_xyxy[:, 2:] - gt_xyxy[:, :2]).prod(-1)
+    area_d = (d_xyxy[:, 2:] - d_xyxy[:, :2]).prod(-1)
+    overlaps = inter / (area_g[:, None] + area_d[None] - inter)  # (n, D)
+    best_iou, obj_idx = overlaps.max(dim=0)
+    best_dbox = overlaps.max(dim=1).indices
+    for obj, dbox in enumerate(best_dbox.tolist()):
+        obj_idx[dbox] = obj
+    best_iou[best_dbox] = threshold + 1
+    pos = best_iou > threshold
+    g = gt_xyxy[obj_idx]
+    g_cxcywh = torch.cat([(g[:, :2] + g[:, 2:]) / 2, g[:, 2:] - g[:, :2]], 1)
+    loc = torch.cat([(g_cxcywh[:, :2] - d[:, :2]) / d[:, 2:] / 0.1,
+                     torch.log(g_cxcywh[:, 2:] / d[:, 2:]) / 0.2], 1)  # fmt: skip
+    classes = torch.where(pos, labels[obj_idx] - 1, torch.full_like(obj_idx, num_classes))
+    return pos, loc, classes
+
+
+def pytorch_ssd_loss(loc, conf, pos, loc_t, classes, neg_factor=3):
+    """pytorch_SSD's ``SSDLoss`` (study §6), conf + loc: smooth L1 over positives
+    and softmax cross-entropy over positives and per-image hard negatives (the
+    3 x positives with the largest background loss, background LAST), both divided
+    by the batch's number of positives."""
+    n = pos.sum()
+    loc_loss = F.smooth_l1_loss(loc[pos], loc_t[pos], reduction="sum") / n
+    bg_loss = -torch.log_softmax(conf, -1)[..., -1].detach()
+    bg_loss[pos] = -float("inf")
+    pos_num = pos.sum(1)
+    neg_num = torch.minimum(pos.shape[1] - pos_num, neg_factor * pos_num)
+    rank = bg_loss.argsort(1, descending=True).argsort(1)
+    mask = pos | (rank < neg_num[:, None])
+    conf_loss = F.cross_entropy(conf[mask], classes[mask], reduction="sum") / n
+    return conf_loss + loc_loss
+
+
+def imagenet_input(images):
+    """uint8 (B, H, W, 3) RGB -> pytorch_SSD's input: /255, ImageNet mean/std, NCHW."""
+    x = images.astype(np.float64) / 255
+    x = (x - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
