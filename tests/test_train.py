@@ -140,7 +140,7 @@ def test_sigterm_stops_training_and_its_grain_workers(tmp_path):
     assert not alive, [p.cmdline() for p in alive]
 
 
-@pytest.mark.parametrize(("name", "kind"), [("ssd300_voc", "voc"), ("ssd512_coco", "coco")])
+@pytest.mark.parametrize(("name", "kind"), [("ssd300_voc", "voc"), ("ssd300_coco", "coco")])
 def test_dataset_configs_start_training_on_local_folders(tmp_path, name, kind):
     shapes = SyntheticShapes(8, num_classes=4, image_size=(120, 160), seed=3)
     config = load_config(name)
