@@ -5,6 +5,7 @@ Commands define their flags under ``if __name__ == "__main__":``, so importing a
 command module (tests, notebooks) defines none.
 """
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -21,6 +22,21 @@ def define_checkpoint_flags() -> None:
     )
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
     flags.mark_flags_as_required(["checkpoint"])
+
+
+def prepare_output_file(path: str) -> None:
+    """Makes ``path``'s folder and checks that a file can be written there, before
+    a command does its work (so that no result is lost at the end); else a
+    :class:`UserError` saying why."""
+    if os.path.isdir(path):
+        raise UserError(f"--output {path} is a folder: give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the folder of --output {path}: {error}") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"cannot write to the folder of --output {path}")
 
 
 def quiet_flags_parser(argv: list[str]) -> list[str]:

@@ -17,6 +17,7 @@ import json
 
 from absl import flags
 
+from ssd_jax import cli
 from ssd_jax.evaluator import evaluate_checkpoint, format_table
 
 FLAGS = flags.FLAGS
@@ -24,18 +25,19 @@ FLAGS = flags.FLAGS
 
 def main(argv: list[str]) -> None:
     del argv
+    cli.prepare_output_file(FLAGS.output)  # before the evaluation, not after it
     result = evaluate_checkpoint(FLAGS.checkpoint, FLAGS.step, FLAGS.config, FLAGS.metric)
     print(format_table(result))
     with open(FLAGS.output, "w") as f:
         json.dump(result, f, indent=2)
+    print(f"wrote {FLAGS.output}")
 
 
 if __name__ == "__main__":
     from ml_collections import config_flags
 
-    from ssd_jax import cli
-
     cli.define_checkpoint_flags()
+    flags.adopt_module_key_flags(cli)  # --checkpoint and --step in --help
     flags.DEFINE_string("output", "eval.json", "Where to write the JSON results.")
     flags.DEFINE_enum("metric", None, ["voc", "coco"], "Metric (default: the config's).")
     config_flags.DEFINE_config_file("config", None, "Configuration (default: the checkpoint's).")

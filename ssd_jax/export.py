@@ -32,24 +32,37 @@ import os
 
 from absl import flags
 
+from ssd_jax import cli
 from ssd_jax.errors import UserError
 from ssd_jax.inference import EXPORT_PLATFORMS, export_detector, load_detector, save_export
 
 FLAGS = flags.FLAGS
 
 
-def _check_platforms() -> None:
+def _check_flags() -> None:
+    """The jax-only flags, before anything is loaded."""
+    if FLAGS.format == "onnx":
+        given = [f"--{n}" for n in ("batch_size", "platforms") if FLAGS[n].present]
+        if given:
+            raise UserError(f"{' and '.join(given)}: only for --format jax (ONNX models "
+                            "take any batch size and run wherever onnxruntime does)")  # fmt: skip
+        return
+    if FLAGS.batch_size is not None and FLAGS.batch_size < 1:
+        raise UserError(f"--batch_size {FLAGS.batch_size}: give 1 or more, or leave it out (any)")
     unknown = [name for name in FLAGS.platforms if name not in EXPORT_PLATFORMS]
-    if unknown or not FLAGS.platforms:
+    repeated = len(set(FLAGS.platforms)) < len(FLAGS.platforms)
+    if unknown or repeated or not FLAGS.platforms:
         raise UserError(
             f"--platforms {','.join(FLAGS.platforms)}: give one or more of "
-            f"{','.join(EXPORT_PLATFORMS)} (jax's names; 'gpu' is cuda or rocm)"
+            f"{','.join(EXPORT_PLATFORMS)}, each once (jax's names; 'gpu' is cuda or rocm)"
         )
 
 
 def main(argv: list[str]) -> None:
     del argv
     output = FLAGS.output or f"detector.{'onnx' if FLAGS.format == 'onnx' else 'jaxexport'}"
+    _check_flags()
+    cli.prepare_output_file(output)
     if FLAGS.format == "onnx":
         from ssd_jax import onnx_export
 
@@ -60,7 +73,6 @@ def main(argv: list[str]) -> None:
         onnx_export.save_onnx(model, info, output)
         target = f"onnxruntime, opset {model.opset_import[0].version}"
     else:
-        _check_platforms()
         detector = load_detector(FLAGS.checkpoint, FLAGS.step)
         exported, info = export_detector(detector, FLAGS.batch_size, FLAGS.platforms)
         save_export(exported, info, output)
@@ -70,9 +82,8 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from ssd_jax import cli
-
     cli.define_checkpoint_flags()
+    flags.adopt_module_key_flags(cli)  # --checkpoint and --step in --help
     flags.DEFINE_enum("format", "jax", ["jax", "onnx"], "jax.export artifact or ONNX model.")
     flags.DEFINE_string("output", None, "Where to write (default detector.jaxexport / .onnx).")
     flags.DEFINE_integer("batch_size", None, "Fixed batch size (default: symbolic, any).")

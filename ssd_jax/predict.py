@@ -170,6 +170,7 @@ if __name__ == "__main__":
     from ssd_jax import cli
 
     cli.define_checkpoint_flags()
+    flags.adopt_module_key_flags(cli)  # --checkpoint and --step in --help
     flags.DEFINE_string("input", None, "An image, a folder of images or a video file.")
     flags.DEFINE_string("output", "predictions", "Output folder.")
     flags.DEFINE_float("score_threshold", 0.5, "Minimum class probability to report.")

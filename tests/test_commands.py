@@ -81,6 +81,33 @@ def test_a_wrong_checkpoint_path_is_one_line_and_creates_nothing(tmp_path, comma
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize(
+    ("command", "args", "message"),
+    [
+        ("export", ["--batch_size", "0"], "--batch_size 0: give 1 or more, or leave it out (any)"),
+        ("export", ["--format", "onnx", "--platforms", "cuda"], "--platforms: only for --format jax"),
+        ("export", ["--output", "{tmp}"], "--output {tmp} is a folder: give a file name"),
+        ("evaluate", ["--output", "{tmp}/file/eval.json"],
+         "cannot create the folder of --output {tmp}/file/eval.json"),
+    ],
+)  # fmt: skip
+def test_bad_outputs_and_flags_are_one_line_before_any_work(tmp_path, command, args, message):
+    """Before the checkpoint is read, so that no work (an evaluation) is lost."""
+    (tmp_path / "file").write_text("")
+    args = [a.format(tmp=tmp_path) for a in args]
+    result = run("-m", f"ssd_jax.{command}", "--checkpoint", str(FIXTURE), *args)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert (
+        result.stderr.strip().splitlines()[-1].startswith(f"error: {message.format(tmp=tmp_path)}")
+    )
+
+
+def test_every_command_shows_its_checkpoint_flags_in_help():
+    for command in ("evaluate", "predict", "export"):
+        result = run("-m", f"ssd_jax.{command}", "--help")
+        assert "--checkpoint:" in result.stdout and "--step:" in result.stdout, command
+
+
 def test_evaluate_command_scores_a_checkpoint_without_orbax_warnings(tmp_path):
     output = tmp_path / "eval.json"
     result = run("-m", "ssd_jax.evaluate", "--checkpoint", str(FIXTURE / "checkpoints"),

@@ -114,8 +114,8 @@ def test_the_export_command_writes_a_detector_for_every_platform_that_runs_alone
     wrong = subprocess.run([*command, "--platforms=gpu"], cwd=ROOT, capture_output=True,
                            text=True, timeout=300)  # fmt: skip
     assert wrong.returncode == 1 and wrong.stderr.strip().splitlines()[-1] == (
-        "error: --platforms gpu: give one or more of cpu,cuda,rocm,tpu (jax's names; "
-        "'gpu' is cuda or rocm)"
+        "error: --platforms gpu: give one or more of cpu,cuda,rocm,tpu, each once (jax's "
+        "names; 'gpu' is cuda or rocm)"
     )
     gpu_only, _ = inference.export_detector(detector, platforms=("cuda",))
     with pytest.raises(ValueError, match="cpu"):  # lowered for a GPU only: a CPU refuses it

@@ -2,10 +2,11 @@
 
 jax/jaxlib 0.12.0.1 (Python 3.13, x86-64 CPU): the jitted function below returns
 a different number of NaNs from run to run (thousands of 180,000 values; the
-eager result is finite, largest value ~8). With
+eager result is finite, largest value ~143). With
 ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-reduce`` (YNNPACK's "reduce"
 fusion off) the jitted result equals the eager one exactly; jax 0.10.2 gives no
-NaN with or without the flag. Dropping either pool or the last convolution makes
+NaN with or without the flag (without it, its fused bf16 program rounds
+differently from the eager one, hence "equal False" there, by up to 0.57). Dropping either pool or the last convolution makes
 the NaNs go away; the optimized HLO puts ``reduce-window`` (max pool) inside
 ``__ynn_fusion`` custom fusions with the convolutions around it.
 Nondeterministic NaNs suggest a read of uninitialized memory in that fusion.
