@@ -6,10 +6,11 @@ eager result is finite, largest value ~143). With
 ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-reduce`` (YNNPACK's "reduce"
 fusion off) the jitted result equals the eager one exactly; jax 0.10.2 gives no
 NaN with or without the flag (without it, its fused bf16 program rounds
-differently from the eager one, hence "equal False" there, by up to 0.57). Dropping either pool or the last convolution makes
-the NaNs go away; the optimized HLO puts ``reduce-window`` (max pool) inside
-``__ynn_fusion`` custom fusions with the convolutions around it.
-Nondeterministic NaNs suggest a read of uninitialized memory in that fusion.
+differently from the eager one, hence "equal False" there, by up to 0.57).
+Dropping either pool or the last convolution makes the NaNs go away; the
+optimized HLO puts ``reduce-window`` (max pool) inside ``__ynn_fusion`` custom
+fusions with the convolutions around it. Nondeterministic NaNs suggest a read of
+uninitialized memory in that fusion.
 
 ssd_jax sets the flag at import (``ssd_jax/__init__.py``). Not yet filed: the
 machine this was found on has no internet; file it at github.com/openxla/xla.
