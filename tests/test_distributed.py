@@ -4,6 +4,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -13,6 +15,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_tiny_config_together(tmp_path):
     """Two JAX processes on localhost (gloo CPU collectives, 2 devices each) train
     3 steps of configs/tiny.py: each reads its own data shard, both end with the

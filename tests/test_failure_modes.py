@@ -228,6 +228,7 @@ def test_rollbacks_stop_when_used_up_or_when_nothing_was_saved_yet():
     assert raised.value is error
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_a_rerun_ends_bitwise_equal_to_an_uninterrupted_run(
     tmp_path,
 ):

@@ -57,6 +57,7 @@ def test_every_notebook_is_tested():
     ]
 
 
+@pytest.mark.slow
 def test_quickstart_then_inference_notebooks(tmp_path):
     workdir = str(tmp_path / "run")
     notebook = run_notebook("quickstart.ipynb", SSD_JAX_WORKDIR=workdir)

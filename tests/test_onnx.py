@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import onnxruntime
+import pytest
 
 from ssd_jax import inference
 from ssd_jax.data.augment import resize
@@ -16,6 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "data", "checkpoint_v0.1")
 
 
+@pytest.mark.slow
 def test_the_onnx_model_finds_what_the_jax_detector_finds_at_any_batch_size(tmp_path):
     """Same detections as the JAX detector: scores and boxes within 1e-4 (both are
     float32 computations of the same network in another order: measured 2e-6 and

@@ -112,6 +112,7 @@ def test_resumed_run_reaches_the_same_parameters_and_writes_outputs(tmp_path, ca
     )  # 2 classes + background
 
 
+@pytest.mark.slow
 def test_sigterm_stops_training_and_its_grain_workers(tmp_path):
     # Found in use: a training run stopped with `kill` left its Grain worker
     # processes running. SIGTERM must unwind through train_and_evaluate's cleanup.
