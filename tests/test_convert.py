@@ -171,6 +171,31 @@ def test_fc_layers_are_subsampled_as_in_the_paper():
         backbone.reduce_fc(fc6[:, :100], b6, fc7, b7)
 
 
+def test_state_dicts_are_unwrapped_from_training_checkpoints_and_data_parallel(tmp_path):
+    """The shapes people save: a bare state dict, {"state_dict": ...} or
+    {"model": ...} (training checkpoints, with other entries beside), DataParallel's
+    "module." prefixes, and the same weights as .safetensors and .npz."""
+    weights = {"conv.weight": torch.arange(6.0).reshape(2, 3), "conv.bias": torch.ones(2),
+               "bn.num_batches_tracked": torch.tensor(7)}  # fmt: skip
+    parallel = {f"module.{k}": v for k, v in weights.items()}
+    saved = {
+        "bare.pth": weights,
+        "wrapped.pth": {"state_dict": parallel, "epoch": 3, "optimizer": {"lr": 0.1}},
+        "model.pth": {"model": weights, "iteration": 1000},
+    }
+    for name, payload in saved.items():
+        torch.save(payload, tmp_path / name)
+    from safetensors.torch import save_file
+
+    save_file(parallel, str(tmp_path / "parallel.safetensors"))
+    np.savez(tmp_path / "plain.npz", **{k: v.numpy() for k, v in weights.items()})
+    for name in [*saved, "parallel.safetensors", "plain.npz"]:
+        read = common.read_state_dict(str(tmp_path / name))
+        assert sorted(read) == sorted(weights), name
+        np.testing.assert_array_equal(read["conv.weight"], np.arange(6.0).reshape(2, 3))
+        assert int(read["bn.num_batches_tracked"]) == 7
+
+
 def test_unknown_files_and_missing_keys_fail_clearly(tmp_path):
     with pytest.raises(common.ConversionError, match="missing 'L2Norm.weight'"):
         detectors.import_detector("ssd.pytorch", {"vgg.0.weight": np.zeros((1, 3, 3, 3))} | {
