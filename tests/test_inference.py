@@ -62,6 +62,21 @@ def test_detector_batches_equal_single_images(detector):
         detector(images[0].astype(np.float32))
 
 
+def test_pixel_boxes_are_the_normalized_boxes_scaled_to_the_original_image(detector):
+    """A non-square image: each detection's pixel box is its normalized box (from
+    the 300x300 resized input) times (width, height), rounded to 0.1 pixel; an x/y
+    swap or scaling by the wrong side would move boxes by tens of pixels here."""
+    image = SyntheticShapes(1, num_classes=3, image_size=(120, 260), seed=9)[0]["image"]
+    found = detector(image, score_threshold=0.05)
+    resized = detector.detect_resized(resize(image, 300)[None])
+    assert len(found) >= 3
+    for d, box, score in zip(found, resized.boxes_xyxy[0], resized.scores[0], strict=False):
+        np.testing.assert_allclose(
+            d["box"], np.asarray(box) * [260, 120, 260, 120], atol=0.05 + 1e-3
+        )
+        assert abs(d["score"] - float(score)) <= 5e-5 + 1e-7
+
+
 EXPORTED_RUNNER = """
 import sys
 import jax, numpy as np
