@@ -378,3 +378,56 @@ def imagenet_input(images):
     x = images.astype(np.float64) / 255
     x = (x - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+# --- ssd.pytorch's training computation --------------------------------------------
+
+
+def ssd_pytorch_match(truths_xyxy, labels, priors_cxcywh, threshold=0.5):
+    """ssd.pytorch's ``match`` (layers/box_utils.py), rebuilt from its documented
+    algorithm: each prior takes its best-IoU truth; each truth forces its best prior
+    (overlap set to 2; the later truth wins a shared one); priors below the
+    threshold are background (so positives have IoU >= threshold). Returns class
+    targets (D,) with 0 for background (labels 1..C) and loc targets (D, 4)."""
+    p = priors_cxcywh
+    p_xyxy = torch.cat([p[:, :2] - p[:, 2:] / 2, p[:, :2] + p[:, 2:] / 2], 1)
+    lt = torch.max(truths_xyxy[:, None, :2], p_xyxy[None, :, :2])
+    rb = torch.min(truths_xyxy[:, None, 2:], p_xyxy[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area_t = (truths_xyxy[:, 2:] - truths_xyxy[:, :2]).prod(-1)
+    area_p = (p_xyxy[:, 2:] - p_xyxy[:, :2]).prod(-1)
+    overlaps = inter / (area_t[:, None] + area_p[None] - inter)
+    best_prior = overlaps.max(1).indices
+    best_overlap, best_truth = overlaps.max(0)
+    best_overlap[best_prior] = 2
+    for j, prior in enumerate(best_prior.tolist()):
+        best_truth[prior] = j
+    classes = labels[best_truth].clone()
+    classes[best_overlap < threshold] = 0
+    g = truths_xyxy[best_truth]
+    centre = ((g[:, :2] + g[:, 2:]) / 2 - p[:, :2]) / (0.1 * p[:, 2:])
+    size = torch.log((g[:, 2:] - g[:, :2]) / p[:, 2:]) / 0.2
+    return classes, torch.cat([centre, size], 1)
+
+
+def ssd_pytorch_loss(loc, conf, classes, loc_t, negpos_ratio=3):
+    """ssd.pytorch's ``MultiBoxLoss``: smooth L1 over positives; softmax
+    cross-entropy over positives and, per image, the negatives with the largest
+    cross-entropy against their target (background; positives' set to 0), at most
+    3 per positive and fewer than the number of priors; both summed and divided by
+    the batch's number of positives."""
+    pos = classes > 0
+    n = pos.sum()
+    loss_l = F.smooth_l1_loss(loc[pos], loc_t[pos], reduction="sum")
+    loss_c = (torch.logsumexp(conf, -1) - conf.gather(-1, classes[..., None])[..., 0]).detach()
+    loss_c[pos] = 0
+    rank = loss_c.argsort(1, descending=True).argsort(1)
+    num_neg = torch.clamp(negpos_ratio * pos.sum(1, keepdim=True), max=pos.shape[1] - 1)
+    mask = pos | (rank < num_neg)
+    return (loss_l + F.cross_entropy(conf[mask], classes[mask], reduction="sum")) / n
+
+
+def caffe_bgr_input(images):
+    """uint8 (B, H, W, 3) RGB -> ssd.pytorch's input: BGR minus (104, 117, 123), NCHW."""
+    x = images[..., ::-1].astype(np.float64) - np.array([104.0, 117.0, 123.0])
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
