@@ -6,6 +6,7 @@ command module (tests, notebooks) defines none.
 """
 
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -39,12 +40,41 @@ def prepare_output_file(path: str) -> None:
         raise UserError(f"cannot write to the folder of --output {path}")
 
 
+def _check_config_files() -> None:
+    """A ``--config`` file that does not load is one line (ml_collections would
+    raise only when the configuration is first used, deep in a command)."""
+    for name in flags.FLAGS:
+        flag = flags.FLAGS[name]
+        if not flag.present or not hasattr(type(flag), "config_filename"):
+            continue
+        path = flag.config_filename
+        if not os.path.isfile(path.split(":")[0]):
+            sys.exit(f"error: --{name} {path}: no such file (give a configuration file, "
+                     "e.g. configs/ssd300_voc.py)")  # fmt: skip
+
+
 def quiet_flags_parser(argv: list[str]) -> list[str]:
     """absl's flag parsing, at WARNING verbosity unless ``--verbosity``/``-v`` is
-    given: Orbax logs every checkpoint save and load at INFO."""
-    if not any(arg.startswith(("--verbosity", "-v", "--v=")) for arg in argv[1:]):
+    given: Orbax logs every checkpoint save and load at INFO. A configuration file
+    that is not there, or a ``--config.*`` override of a key it does not have, is
+    one line (with ``--verbosity``, the traceback)."""
+    verbose = any(arg.startswith(("--verbosity", "-v", "--v=")) for arg in argv[1:])
+    if not verbose:
         argv = [argv[0], "--verbosity=-1", *argv[1:]]
-    return app.parse_flags_with_usage(argv)
+    try:
+        parsed = app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as error:  # ml_collections: an override's unknown key
+        if verbose:
+            raise
+        innermost = error
+        while innermost.__context__ is not None:
+            innermost = innermost.__context__
+        name = innermost.args[0] if innermost.args else "?"
+        hint = re.search(r'Did you mean \\?"([^"\\]+)', str(error))
+        sys.exit(f"error: a --config.* override names a key the configuration does not have: "
+                 f"{name!r}" + (f" (did you mean {hint.group(1)!r}?)" if hint else ""))  # fmt: skip
+    _check_config_files()
+    return parsed
 
 
 def run(main: Callable[[list[str]], None]) -> None:
