@@ -328,6 +328,18 @@ class TorchvisionSSD300(nn.Module):
 # --- pytorch_SSD's training computation ------------------------------------------
 
 
+def iou_xyxy_cxcywh(boxes_xyxy, defaults_cxcywh):
+    """IoU (n, D) of ground-truth boxes (n, 4) xyxy and default boxes (D, 4) cxcywh."""
+    d = defaults_cxcywh
+    d_xyxy = torch.cat([d[:, :2] - d[:, 2:] / 2, d[:, :2] + d[:, 2:] / 2], 1)
+    lt = torch.max(boxes_xyxy[:, None, :2], d_xyxy[None, :, :2])
+    rb = torch.min(boxes_xyxy[:, None, 2:], d_xyxy[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area_b = (boxes_xyxy[:, 2:] - boxes_xyxy[:, :2]).prod(-1)
+    area_d = (d_xyxy[:, 2:] - d_xyxy[:, :2]).prod(-1)
+    return inter / (area_b[:, None] + area_d[None] - inter)
+
+
 def pytorch_ssd_match(gt_xyxy, labels, dboxes_cxcywh, num_classes, threshold=0.5):
     """pytorch_SSD's ``matching_strategy`` for one image (study §5): each default
     box takes its best-IoU object; each object forces its best default box (the
@@ -335,13 +347,7 @@ def pytorch_ssd_match(gt_xyxy, labels, dboxes_cxcywh, num_classes, threshold=0.5
     Returns pos (D,) bool, loc targets (D, 4) (variances 0.1/0.2) and class
     targets (D,) in 0..C-1 for objects, C (the LAST index) for background."""
     d = dboxes_cxcywh
-    d_xyxy = torch.cat([d[:, :2] - d[:, 2:] / 2, d[:, :2] + d[:, 2:] / 2], 1)
-    lt = torch.max(gt_xyxy[:, None, :2], d_xyxy[None, :, :2])
-    rb = torch.min(gt_xyxy[:, None, 2:], d_xyxy[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area_g = (gt_xyxy[:, 2:] - gt_xyxy[:, :2]).prod(-1)
-    area_d = (d_xyxy[:, 2:] - d_xyxy[:, :2]).prod(-1)
-    overlaps = inter / (area_g[:, None] + area_d[None] - inter)  # (n, D)
+    overlaps = iou_xyxy_cxcywh(gt_xyxy, d)  # (n, D)
     best_iou, obj_idx = overlaps.max(dim=0)
     best_dbox = overlaps.max(dim=1).indices
     for obj, dbox in enumerate(best_dbox.tolist()):
@@ -390,13 +396,7 @@ def ssd_pytorch_match(truths_xyxy, labels, priors_cxcywh, threshold=0.5):
     threshold are background (so positives have IoU >= threshold). Returns class
     targets (D,) with 0 for background (labels 1..C) and loc targets (D, 4)."""
     p = priors_cxcywh
-    p_xyxy = torch.cat([p[:, :2] - p[:, 2:] / 2, p[:, :2] + p[:, 2:] / 2], 1)
-    lt = torch.max(truths_xyxy[:, None, :2], p_xyxy[None, :, :2])
-    rb = torch.min(truths_xyxy[:, None, 2:], p_xyxy[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area_t = (truths_xyxy[:, 2:] - truths_xyxy[:, :2]).prod(-1)
-    area_p = (p_xyxy[:, 2:] - p_xyxy[:, :2]).prod(-1)
-    overlaps = inter / (area_t[:, None] + area_p[None] - inter)
+    overlaps = iou_xyxy_cxcywh(truths_xyxy, p)  # (n, D)
     best_prior = overlaps.max(1).indices
     best_overlap, best_truth = overlaps.max(0)
     best_overlap[best_prior] = 2
