@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssd_jax import steps
+from ssd_jax import postprocess, steps
 from ssd_jax.box_coding import decode
 from ssd_jax.errors import UserError
 from ssd_jax.inference import Detector
@@ -75,21 +75,9 @@ def _select_fn(num_classes: int, top_k: int, max_detections: int):
         is_kept = jnp.zeros(flat_scores.shape, bool).at[kept[:, 0] * top_k + kept[:, 2]].set(True)
         per_image = jnp.where(is_kept, flat_scores, -jnp.inf).reshape(-1, num_classes * top_k)
         flat_boxes = boxes.reshape(per_image.shape[0], num_classes * top_k, 4)
-        width = num_classes * top_k
-        if width < max_detections:  # too few slots: pad with empty ones
-            per_image = jnp.pad(per_image, ((0, 0), (0, max_detections - width)),
-                                constant_values=-jnp.inf)  # fmt: skip
-            flat_boxes = jnp.pad(flat_boxes, ((0, 0), (0, max_detections - width), (0, 0)))
-        best, index = jax.lax.top_k(per_image, max_detections)  # (B, K)
-        valid = best > -jnp.inf
-        picked = jnp.take_along_axis(flat_boxes, index[..., None], axis=1)
-        return (
-            jnp.where(valid[..., None], jnp.clip(picked, 0.0, 1.0), 0.0),
-            jnp.where(valid, best, 0.0),
-            jnp.where(valid, jax.lax.div(index, top_k) + 1, 0).astype(jnp.int32),  # index >= 0
-            valid,
-            valid.sum(axis=1).astype(jnp.int32),
-        )
+        classes = jnp.repeat(jnp.arange(1, num_classes + 1, dtype=jnp.int32), top_k)
+        best = jax.vmap(postprocess.best_detections, in_axes=(0, 0, None, None))
+        return tuple(best(per_image, flat_boxes, classes, max_detections))
 
     return select
 

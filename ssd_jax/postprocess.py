@@ -152,21 +152,30 @@ def _detect_one_image(
         probs[:, 1:].T, boxes, score_threshold, nms_iou_threshold
     )  # (C, top_k), (C, top_k, 4)
 
-    flat_scores = class_scores.reshape(-1)  # class-major, so ties go to the lower class
-    flat_boxes = class_boxes.reshape(-1, 4)
     flat_classes = jnp.repeat(jnp.arange(1, num_classes + 1, dtype=jnp.int32), top_k)
-    if flat_scores.shape[0] < max_detections:  # too few slots: pad with empty ones
-        pad = max_detections - flat_scores.shape[0]
-        flat_scores = jnp.pad(flat_scores, (0, pad), constant_values=-jnp.inf)
-        flat_boxes = jnp.pad(flat_boxes, ((0, pad), (0, 0)))
-        flat_classes = jnp.pad(flat_classes, (0, pad))
+    # class-major, so ties go to the lower class
+    return best_detections(
+        class_scores.reshape(-1), class_boxes.reshape(-1, 4), flat_classes, max_detections
+    )
 
-    scores, index = jax.lax.top_k(flat_scores, max_detections)
-    valid = scores > -jnp.inf
+
+def best_detections(
+    scores: jax.Array, boxes_xyxy: jax.Array, classes: jax.Array, max_detections: int
+) -> Detections:
+    """The ``max_detections`` best of one image's kept candidates: ``scores`` (N,)
+    (-inf for none), unclipped ``boxes_xyxy`` (N, 4), ``classes`` (N,) in 1..C.
+    Returned boxes are clipped to [0, 1]; empty rows are zeros."""
+    if scores.shape[0] < max_detections:  # too few slots: pad with empty ones
+        pad = max_detections - scores.shape[0]
+        scores = jnp.pad(scores, (0, pad), constant_values=-jnp.inf)
+        boxes_xyxy = jnp.pad(boxes_xyxy, ((0, pad), (0, 0)))
+        classes = jnp.pad(classes, (0, pad))
+    best, index = jax.lax.top_k(scores, max_detections)
+    valid = best > -jnp.inf
     return Detections(
-        boxes_xyxy=jnp.where(valid[:, None], jnp.clip(flat_boxes[index], 0.0, 1.0), 0.0),
-        scores=jnp.where(valid, scores, 0.0),
-        classes=jnp.where(valid, flat_classes[index], 0),
+        boxes_xyxy=jnp.where(valid[:, None], jnp.clip(boxes_xyxy[index], 0.0, 1.0), 0.0),
+        scores=jnp.where(valid, best, 0.0),
+        classes=jnp.where(valid, classes[index], 0),
         valid=valid,
         num_detections=valid.sum().astype(jnp.int32),
     )
