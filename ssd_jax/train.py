@@ -92,8 +92,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     fine-tuned or fresh), the jitted train step, checkpoints, evaluator, metrics."""
     config_schema.validate(config)
     workdir = os.path.abspath(workdir)
-    if config.distributed:
-        jax.distributed.initialize()
+    if config.distributed and not jax.distributed.is_initialized():
+        jax.distributed.initialize()  # finds the cluster (SLURM, TPU pod, ...) by itself
     if config.batch_size % jax.device_count():
         raise config_schema.ConfigError(
             f"batch_size = {config.batch_size}: must be a multiple of the {jax.device_count()} "

@@ -17,7 +17,16 @@ jax.config.update("jax_num_cpu_devices", 2)
 
 def main() -> None:
     process_id, port, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-    jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
+    # config.distributed=True: setup's jax.distributed.initialize() finds the two
+    # processes as a SLURM job (what a cluster's scheduler would set)
+    os.environ.update(
+        SLURM_JOB_ID="1",
+        SLURM_STEP_NODELIST="localhost",
+        SLURM_NTASKS="2",
+        SLURM_PROCID=str(process_id),
+        SLURM_LOCALID=str(process_id),
+        JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+    )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, root)
     from configs.tiny import get_config
@@ -34,6 +43,7 @@ def main() -> None:
     parallel.global_batch = recording_global_batch  # what this process feeds, per batch
     config = get_config()
     config.num_steps = 3
+    config.distributed = True
     state = train.train_and_evaluate(config, workdir)
     params = jax.tree.leaves_with_path(jax.device_get(state["params"]))
     np.savez(
