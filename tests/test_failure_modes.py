@@ -379,6 +379,17 @@ def test_a_checkpoint_of_another_optimizer_is_refused_not_taken_for_damage(tmp_p
     assert os.listdir(tmp_path / "run" / "checkpoints") == ["150"]
 
 
+def test_a_data_iterator_state_of_an_unknown_format_is_named_not_taken_for_damage(tmp_path):
+    shutil.copytree(FIXTURE, tmp_path / "run")
+    config = checkpoint.saved_config(checkpoint.read_meta(checkpoint.locate(str(tmp_path / "run"))))
+    with config.unlocked():
+        config.num_steps = 151
+    (tmp_path / "run/checkpoints/150/data/process_0-of-1.json").write_text('{"position": 150}')
+    with pytest.raises(checkpoint.CheckpointError, match="unknown data-iterator state.*Grain"):
+        train.setup(config, str(tmp_path / "run"))
+    assert os.listdir(tmp_path / "run" / "checkpoints") == ["150"]
+
+
 def voc_with_a_corrupt_image(root, count=8):
     """A VOC-style folder of ``count`` shapes images; image 2's JPEG is garbage."""
     from ssd_jax.data.synthetic import SyntheticShapes, write_voc

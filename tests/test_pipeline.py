@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ssd_jax.data import pipeline
+from ssd_jax.data import iterator_state, pipeline
 from ssd_jax.data.synthetic import SyntheticShapes
 
 SOURCE = SyntheticShapes(24, num_classes=3, image_size=(60, 80), seed=0)
@@ -64,6 +64,36 @@ def test_same_seed_same_batches_and_resume_from_state():
         1,
     )
     assert not np.array_equal(other[0]["image"], uninterrupted[0]["image"])
+
+
+@pytest.mark.parametrize(
+    "workers_before, workers_after, consumed",
+    [(2, 2, 3), (2, 0, 3), (0, 2, 3), (3, 2, 4), (0, 3, 1)],
+)
+def test_resume_with_worker_processes_continues_where_the_batches_were_consumed(
+    workers_before, workers_after, consumed
+):
+    """The state of an iterator whose workers have prepared batches ahead counts
+    only the batches handed out, and a resume may change the number of workers
+    (Grain's two state formats: :mod:`ssd_jax.data.iterator_state`)."""
+    dataset = pipeline.train_dataset(SOURCE, image_size=32, batch_size=4, seed=1)
+    uninterrupted = collect(pipeline.make_iterator(dataset), consumed + 2)
+    iterator = pipeline.make_iterator(dataset, num_workers=workers_before)
+    collect(iterator, consumed)
+    state = iterator.get_state()
+    iterator.close()
+    assert state == iterator_state.state_after(consumed, workers_before)  # Grain's format
+    resumed = pipeline.make_iterator(dataset, num_workers=workers_after)
+    resumed.set_state(state)
+    for want, got in zip(uninterrupted[consumed:], collect(resumed, 2), strict=True):
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+    resumed.close()
+
+
+def test_an_unknown_iterator_state_is_named():
+    with pytest.raises(iterator_state.IteratorStateError, match="unknown data-iterator state"):
+        iterator_state.batches_handed_out({"position": 3})
 
 
 def test_worker_processes_give_the_same_batches():

@@ -91,9 +91,12 @@ def test_resumed_run_reaches_the_same_parameters_and_writes_outputs(tmp_path, ca
     assert os.path.getsize(os.path.join(workdir, "learning_curve.png")) > 1000
     assert os.listdir(os.path.join(workdir, "tensorboard"))
 
-    # "kill" the run between the checkpoints at 3 and 6, then rerun the same command
+    # "kill" the run between the checkpoints at 3 and 6, then rerun it, on two
+    # Grain worker processes this time (the iterator state is saved in-process)
     shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))
+    config.data.num_workers = 2
     resumed = params_of(train.train_and_evaluate(config, workdir))
+    config.data.num_workers = 0
     for a, b in zip(final, resumed):
         np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
     records = read_metrics(os.path.join(workdir, "metrics.jsonl"))  # each step once

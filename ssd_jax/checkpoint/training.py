@@ -93,8 +93,14 @@ class TrainingCheckpoints:
             STATE: ocp.args.StandardRestore(abstract),
             DATA: grain.checkpoint.CheckpointRestore(iterator),
         }
+        from ssd_jax.data.iterator_state import IteratorStateError
+
         try:
             return self._manager.restore(step, args=ocp.args.Composite(**items))[STATE]
+        except IteratorStateError as error:  # intact, but in a format Grain changed
+            raise CheckpointError(
+                f"{location.item(DATA)}: {error}; resume with the Grain version that wrote it"
+            ) from error
         except Exception as error:  # the shapes fit: a failed read is damage
             raise damaged(location, error) from error
 

@@ -36,6 +36,7 @@ from absl import flags
 from ssd_jax.data.augment import eval_preprocess, train_augment, train_resize_only
 from ssd_jax.data.example import DataError
 from ssd_jax.data.imagenet import IMAGENET_MEAN_RGB
+from ssd_jax.data.iterator_state import AnyWorkerCount
 
 DEFAULT_MAX_BOXES = 100  # VOC has at most 42 objects per image, COCO train2017 93
 
@@ -254,10 +255,11 @@ def eval_dataset(
 
 def make_iterator(
     dataset: grain.MapDataset, num_workers: int = 0, prefetch: int = 2
-) -> grain.DatasetIterator:
+) -> AnyWorkerCount:
     """An iterator over ``dataset``: ``num_workers`` worker processes (0: in this
     process), each preparing ``prefetch`` batches ahead on as many threads. It
-    supports ``get_state()`` / ``set_state()``.
+    supports ``get_state()`` / ``set_state()``, also of a state saved with another
+    ``num_workers``.
 
     Batches from worker processes live in shared memory: copy them (e.g.
     ``jax.device_put``) before keeping them past the next step.
@@ -274,7 +276,7 @@ def make_iterator(
         )
     else:
         _single_threaded_opencv()
-    return iter(iter_dataset)
+    return AnyWorkerCount(iter(iter_dataset), num_workers)
 
 
 def _single_threaded_opencv(*_) -> None:
