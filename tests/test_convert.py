@@ -4,7 +4,8 @@ Each PyTorch architecture is rebuilt in plain torch (tests/torch_reference.py)
 with random weights; its state dict goes through the converter, and the ssd_jax
 model must give the same raw head outputs (max abs diff <= 1e-4, float32) and
 the same detections on the same image. Narrow models (width 1/8) keep these fast;
-the full-size path is covered by the command-line tests at the end.
+the full-size path and each importer's command line are covered by the tests at
+the end.
 """
 
 import os
@@ -310,3 +311,35 @@ def test_convert_command_writes_a_checkpoint_that_predict_uses(tmp_path):
     boxes = jnp.asarray(default_boxes.generate(default_boxes.preset("ssd300_torchvision")))
     expected = postprocess.detect(jnp.asarray(loc), jnp.asarray(conf), boxes, top_k_per_class=400)
     assert_same_detections(found, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("source", "make_model", "style", "boxes"),
+    [
+        ("pytorch_ssd", lambda: ref.PytorchSSD("ssd300", 20, batch_norm=True, width=WIDTH),
+         "imagenet", "ssd300_pytorch_ssd"),
+        ("ssd.pytorch", lambda: ref.SsdPytorchSSD(20, width=WIDTH), "caffe_bgr",
+         "ssd300_ssd_pytorch"),
+    ],
+)  # fmt: skip
+def test_convert_command_imports_pytorch_ssd_and_ssd_pytorch(
+    tmp_path, source, make_model, style, boxes
+):
+    """A narrow pytorch_SSD SSD300-BN and ssd.pytorch SSD300, saved by torch.save
+    as their training scripts do -> python -m ssd_jax.convert -> Detector: the same
+    detections as post-processing the torch outputs (pytorch_SSD: background last)."""
+    torch.manual_seed(6)
+    model = randomized(make_model()).eval()
+    torch.save(model.state_dict(), tmp_path / "weights.pth")
+    out = run("-m", "ssd_jax.convert", "--from", source,
+              "--input", str(tmp_path / "weights.pth"), "--output", str(tmp_path / "imported"))  # fmt: skip
+    assert "20 classes" in out
+    detector = load_detector(str(tmp_path / "imported"))
+    image = random_image(300, 6)
+    with torch.no_grad():
+        loc, conf = (t.numpy() for t in model(torch_input(image, style)))
+    if source == "pytorch_ssd":
+        conf = np.roll(conf, 1, axis=-1)
+    boxes = jnp.asarray(default_boxes.generate(default_boxes.preset(boxes)))
+    expected = postprocess.detect(jnp.asarray(loc), jnp.asarray(conf), boxes)
+    assert_same_detections(detector.detect_resized(image), expected, atol=1e-4)

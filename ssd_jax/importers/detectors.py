@@ -167,6 +167,7 @@ def import_detector(kind: str, weights: Weights) -> tuple[Weights, dict]:
         raise ValueError(f"unknown source {kind!r}: one of {IMPORTERS}")
     converted, info = importers[kind](weights)
     info.setdefault("class_names", _default_class_names(info["num_classes"]))
+    info["width"] = converted["vgg/conv1_1/conv/kernel"].shape[-1] / 64  # 1: VGG16's 64
     return converted, info
 
 
@@ -179,6 +180,7 @@ def detector_config(
     config.model.architecture = info["architecture"]
     config.model.batch_norm = info["batch_norm"]
     config.model.default_boxes = info["default_boxes"]
+    config.model.width = info.get("width", 1.0)
     config.data.class_names = tuple(class_names or info["class_names"])
     config.data.mean, config.data.std = tuple(info["mean"]), tuple(info["std"])
     config.detection.top_k_per_class = info.get("top_k_per_class", 200)
