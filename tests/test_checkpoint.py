@@ -239,6 +239,17 @@ def test_backbone_weights_load_into_the_trunk_with_their_normalization(tmp_path)
         model.vgg.conv4_3_norm.scale[...], donor.vgg.conv4_3_norm.scale[...]
     )
     np.testing.assert_array_equal(model.conf_heads[0].kernel[...], head_before)  # heads untouched
+    # through training: the run starts from the trunk, with its normalization
+    config = config_schema.load_config_file(os.path.join(ROOT, "configs", "tiny.py"))
+    config.init.backbone = str(tmp_path / "caffe.npz")
+    run = train.setup(config, str(tmp_path / "run"))
+    run.close()
+    assert run.config.data.mean == (123.0, 117.0, 104.0) and run.config.data.std == (1, 1, 1)
+    assert run.meta["mean"] == [123.0, 117.0, 104.0]  # what a resume and predict read
+    np.testing.assert_array_equal(
+        run.state["params"]["vgg"]["conv5_3"]["conv"]["kernel"][...],
+        donor.vgg.conv5_3.conv.kernel[...],
+    )
     np.savez(tmp_path / "bad.npz", **{"vgg/conv1_1/conv/kernel": np.zeros((3, 3, 3, 1))})
     with pytest.raises(checkpoint.CheckpointError, match="has shape"):
         checkpoint.load_backbone(model, str(tmp_path / "bad.npz"))
