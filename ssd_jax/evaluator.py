@@ -14,6 +14,7 @@ from ssd_jax import build, checkpoint, config_schema, inference, parallel, steps
 from ssd_jax.data import pipeline
 from ssd_jax.data.example import DataError
 from ssd_jax.evaluation import scoring
+from ssd_jax.progress import Progress
 
 STEP_KEYS = ("image", "boxes", "labels", "mask")  # what the eval step reads
 GROUND_TRUTH_KEYS = (
@@ -75,8 +76,13 @@ class Evaluator:
                 return
             yield batch
 
-    def __call__(self, variables: steps.Variables) -> dict[str, float]:
+    def __call__(self, variables: steps.Variables, show_progress: bool = False) -> dict[str, float]:
         losses, ground_truth, detections, unreadable = [], [], [], 0
+        progress = None
+        if show_progress and jax.process_index() == 0:
+            progress = Progress(
+                self.num_images, "evaluate", "image", line_every=self.num_images // 10
+            )
         for batch in self._batches():
             batch_losses, found = self._eval_step(
                 variables, parallel.global_batch(batch, self._mesh, STEP_KEYS)
@@ -88,6 +94,11 @@ class Evaluator:
             unreadable += int(gathered["gt"]["unreadable"].sum())
             ground_truth += gts
             detections += dets
+            if progress:  # the real images of the batch, read or not
+                real = len(gts) + int(gathered["gt"]["unreadable"].sum())
+                progress.update(min(real, progress.total - progress.done))
+        if progress:
+            progress.close()
         losses = jax.device_get(losses)
         result = {key: float(np.mean([loss[key] for loss in losses])) for key in losses[0]}
         if unreadable:  # left out of the metric (scored as padding): say so
@@ -146,7 +157,7 @@ def evaluate_checkpoint(
     graphdef, variables = inference.restore_network(location, config)
     mesh = parallel.make_data_mesh()
     evaluator = make_evaluator(config, graphdef, mesh, metric)
-    return evaluator(jax.device_put(variables, parallel.replicated(mesh)))
+    return evaluator(jax.device_put(variables, parallel.replicated(mesh)), show_progress=True)
 
 
 LOSS_KEYS = ("loss", "loc", "conf", "num_pos")  # the eval step's, see steps.make_eval_step

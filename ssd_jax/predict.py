@@ -9,7 +9,8 @@ inputs share a stem); a video gives ``<output>/<stem>.mp4``.
 ``<output>/detections.json`` lists the detections (boxes in original pixels,
 class names, scores) per image, or per ``<video>#<frame>``. Inputs of any size
 are resized to the model's input and the boxes mapped back; photos are turned
-upright by their EXIF orientation. Unreadable files are reported and skipped.
+upright by their EXIF orientation. Unreadable files are reported and skipped
+(none readable, or an empty folder: exit status 1).
 The output folder must not be the inputs' folder and must be writable (checked
 before the first image); a failed write stops the command, keeping
 ``detections.json`` of what was done.
@@ -18,6 +19,7 @@ before the first image); a failed write stops the command, keeping
 import collections
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 
@@ -28,6 +30,7 @@ from absl import flags
 from ssd_jax.data.example import DataError, read_image_rgb
 from ssd_jax.errors import UserError
 from ssd_jax.inference import Detector, draw_detections, load_detector
+from ssd_jax.progress import Progress
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -100,7 +103,10 @@ def list_inputs(path: str) -> list[str]:
     if not os.path.isdir(path):
         return [path]
     suffixes = IMAGE_SUFFIXES + VIDEO_SUFFIXES
-    return sorted(os.path.join(path, n) for n in os.listdir(path) if n.lower().endswith(suffixes))
+    paths = sorted(os.path.join(path, n) for n in os.listdir(path) if n.lower().endswith(suffixes))
+    if not paths:
+        raise UserError(f"{path} holds no image or video ({', '.join(suffixes)})")
+    return paths
 
 
 def output_names(paths: list[str]) -> dict[str, str]:
@@ -138,30 +144,38 @@ def predict(detector: Detector, input_path: str, output: str, threshold: float) 
     paths = list_inputs(input_path)
     names = output_names(paths)
     report = {"detections": {}, "skipped": []}
+    progress = Progress(len(paths), "predict", "file", line_every=len(paths) + 1, stream=sys.stdout)
     try:
-        for path in paths:
+        for index, path in enumerate(paths, 1):
             output_file = os.path.join(output, names[path])
             try:
                 if path.lower().endswith(VIDEO_SUFFIXES):
                     found = predict_video(detector, path, output_file, threshold)
                     report["detections"].update(found)
                     count = sum(map(len, found.values()))
-                    print(f"{path}: {len(found)} frames, {count} detections -> {output_file}")
+                    message = f"{len(found)} frames, {count} detections -> {output_file}"
                 else:
                     found = predict_image(detector, path, output_file, threshold)
                     report["detections"][path] = found
-                    print(f"{path}: {len(found)} detections -> {output_file}")
+                    message = f"{len(found)} detections -> {output_file}"
+                progress.write(f"[{index}/{len(paths)}] {path}: {message}")
             except DataError as error:
-                print(f"skipped: {error}")
+                progress.write(f"[{index}/{len(paths)}] skipped: {error}")
                 report["skipped"].append(path)
+            progress.update()
     finally:
+        progress.close()
         with open(os.path.join(output, "detections.json"), "w") as f:
             json.dump(report, f, indent=2)
+    if len(report["skipped"]) == len(paths):
+        raise UserError(f"none of the {len(paths)} inputs could be read (see above)")
     return report
 
 
 def main(argv: list[str]) -> None:
     del argv
+    if not 0 <= FLAGS.score_threshold <= 1:
+        raise UserError(f"--score_threshold {FLAGS.score_threshold}: a probability, in [0, 1]")
     detector = load_detector(FLAGS.checkpoint, FLAGS.step)
     predict(detector, FLAGS.input, FLAGS.output, FLAGS.score_threshold)
 

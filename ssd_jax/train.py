@@ -10,6 +10,7 @@ import dataclasses
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 
@@ -25,6 +26,7 @@ from ssd_jax.divergence import NonFiniteLossError, Rollbacks, all_finite
 from ssd_jax.evaluation import scoring
 from ssd_jax.evaluator import Evaluator, make_evaluator
 from ssd_jax.metrics_writer import MetricsWriter, plot_learning_curve
+from ssd_jax.progress import Progress
 
 TRAIN_KEYS = ("image", "boxes", "labels", "mask")  # what the train step reads
 
@@ -236,27 +238,23 @@ def _save(run: Run, step: int, window: LogWindow, last_checkpoint: int | None) -
     run.checkpoints.save(step, run.state, run.iterator, run.meta)
 
 
-class Progress:
-    """The progress line (with the time left) of the steps since ``start_step``."""
-
-    def __init__(self, start_step: int, num_steps: int):
-        self.start_step, self.num_steps, self.start = start_step, num_steps, time.time()
-
-    def show(self, step: int, record: dict) -> None:
-        eta = (time.time() - self.start) / max(step - self.start_step, 1) * (self.num_steps - step)
-        width = 24
-        filled = int(width * step / self.num_steps)
-        unreadable = record["unreadable_images"]
-        print(
-            f"[{'#' * filled}{'.' * (width - filled)}] {step}/{self.num_steps} "
-            f"loss {record['loss']:.3f} (loc {record['loc']:.3f} conf {record['conf']:.3f}) "
-            f"lr {record['learning_rate']:.2e} {record['images_per_s']:.1f} img/s "
-            f"ETA {eta / 60:.1f} min" + (f", {unreadable} unreadable images" if unreadable else ""),
-            flush=True,
-        )
+def _progress(start_step: int, num_steps: int, log_every: int) -> Progress:
+    """The training progress: a bar on a terminal, a line per log window elsewhere."""
+    return Progress(num_steps, "train", "step", initial=start_step, line_every=log_every,
+                    stream=sys.stdout)  # fmt: skip
 
 
-def _evaluate(run: Run, step: int) -> None:
+def _values(record: dict) -> str:
+    """The progress values of a log window's summary."""
+    unreadable = record["unreadable_images"]
+    return (
+        f"loss {record['loss']:.3f} (loc {record['loc']:.3f} conf {record['conf']:.3f}) "
+        f"lr {record['learning_rate']:.2e} {record['images_per_s']:.1f} img/s"
+        + (f", {unreadable} unreadable images" if unreadable else "")
+    )
+
+
+def _evaluate(run: Run, step: int, progress: Progress) -> None:
     variables = {part: run.state[part] for part in checkpoint.VARIABLE_PARTS}
     result = run.evaluator(variables)
     if run.writer:
@@ -266,8 +264,8 @@ def _evaluate(run: Run, step: int) -> None:
         subset = f" ({evaluated} of {total} images)" if evaluated < total else ""
         unreadable = result.get("unreadable_images", 0)
         note = f" ({unreadable} unreadable images left out)" if unreadable else ""
-        print(f"eval at step {step}{subset}: loss {result['loss']:.3f} {name} {value:.4f}"
-              f"{note}", flush=True)  # fmt: skip
+        progress.write(f"eval at step {step}{subset}: loss {result['loss']:.3f} {name} "
+                       f"{value:.4f}{note}")  # fmt: skip
 
 
 def train(run: Run) -> steps.TrainState:
@@ -281,7 +279,7 @@ def train(run: Run) -> steps.TrainState:
         print(f"{run.checkpoints.directory} is at step {step} of {config.num_steps}: "
               "nothing to train (raise num_steps to go on)", flush=True)  # fmt: skip
     last_checkpoint = run.checkpoints.latest_step()
-    window, progress = LogWindow(), Progress(step, config.num_steps)
+    window, progress = LogWindow(), _progress(step, config.num_steps, config.log_every)
     while step < config.num_steps:
         step += 1
         batch = next(run.iterator)
@@ -296,7 +294,9 @@ def train(run: Run) -> steps.TrainState:
             last_checkpoint = _log_save_evaluate(run, step, window, last_checkpoint, progress)
         except NonFiniteLossError as error:
             step = _roll_back(run, error)
-            window, progress = LogWindow(), Progress(step, config.num_steps)
+            progress.close()
+            window, progress = LogWindow(), _progress(step, config.num_steps, config.log_every)
+    progress.close()
     if run.unreadable.indices:
         count, names = len(run.unreadable.indices), run.unreadable.names()
         print(f"skipped {count} unreadable training images (the next readable image took "
@@ -305,7 +305,7 @@ def train(run: Run) -> steps.TrainState:
 
 
 def _log_save_evaluate(
-    run: Run, step: int, window: LogWindow, last_checkpoint: int | None, progress: "Progress"
+    run: Run, step: int, window: LogWindow, last_checkpoint: int | None, progress: Progress
 ) -> int | None:
     """What is due after ``step``; returns the newest checkpoint's step."""
     config, last = run.config, step == run.config.num_steps
@@ -313,13 +313,13 @@ def _log_save_evaluate(
         summary = window.summary(config.batch_size, last_checkpoint)
         if run.writer:
             run.writer.write(step, summary)
-            progress.show(step, summary)
+            progress.update(step - progress.done, _values(summary))
     if step % config.checkpoint_every == 0 or last:
         _save(run, step, window, last_checkpoint)
         last_checkpoint = step
     if run.evaluator and (step % config.eval_every == 0 or last):
         window.check_finite(last_checkpoint)
-        _evaluate(run, step)
+        _evaluate(run, step, progress)
     return last_checkpoint
 
 

@@ -249,8 +249,8 @@ def test_kill_9_at_random_moments_then_a_rerun_ends_bitwise_equal_to_an_uninterr
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True)  # fmt: skip
         try:
-            for line in process.stdout:  # progress lines: "[##....] 3/6 loss ..."
-                done = re.search(r"\] (\d+)/6 ", line)
+            for line in process.stdout:  # progress lines: "train 3/6 loss ..."
+                done = re.search(r"^train (\d+)/6 ", line)
                 if done and int(done.group(1)) >= kill_from_step:
                     time.sleep(moments.uniform(0, 1))  # within the next step or two
                     break

@@ -38,3 +38,23 @@ def test_image_grid_places_images_row_by_row():
     assert (grid[26:36, 23:43] == 255).all()  # the empty cell stays white
     with pytest.raises(ValueError, match="image 1"):
         visualize.image_grid([images[0], np.zeros((5, 5, 3), np.uint8)], columns=2)
+
+
+def test_labels_never_overlap_on_a_crowded_image():
+    """Eight detections of one object (as an untrained model gives) and four boxes
+    touching the top edge, where no label fits above: every label inside the image,
+    no two labels sharing a pixel."""
+    same_object = [(100, 100, 200, 200)] * 8
+    at_the_top = [(0, 0, 70, 40), (60, 0, 130, 40), (120, 0, 190, 40), (180, 0, 250, 40)]
+    boxes = np.array(same_object + at_the_top, np.float64)
+    sizes = [(62, 18)] * len(boxes)
+    placed = visualize.label_rectangles(boxes, sizes, (300, 300))
+    for k, (x0, y0, x1, y1) in enumerate(placed):
+        assert (x1 - x0, y1 - y0) == sizes[k]
+        assert 0 <= x0 and x1 <= 300 and 0 <= y0 and y1 <= 300
+        for other in placed[:k]:
+            shared_w = min(x1, other[2]) - max(x0, other[0])
+            shared_h = min(y1, other[3]) - max(y0, other[1])
+            assert shared_w <= 0 or shared_h <= 0, (k, placed)
+    assert placed[0] == (100, 82, 162, 100)  # the first (best) label: above its box
+    assert placed[8][1] == 0  # no room above a box at the top edge: inside it
