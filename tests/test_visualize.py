@@ -51,7 +51,7 @@ def test_labels_never_overlap_on_a_crowded_image():
     placed = visualize.label_rectangles(boxes, sizes, (300, 300))
     for k, (x0, y0, x1, y1) in enumerate(placed):
         assert (x1 - x0, y1 - y0) == sizes[k]
-        assert 0 <= x0 and x1 <= 300 and 0 <= y0 and y1 <= 300
+        assert min(x0, y0) >= 0 and max(x1, y1) <= 300
         for other in placed[:k]:
             shared_w = min(x1, other[2]) - max(x0, other[0])
             shared_h = min(y1, other[3]) - max(y0, other[1])
