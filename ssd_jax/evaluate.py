@@ -10,10 +10,14 @@ data; the network's description (model, class names, input normalization,
 detection settings) always comes from the checkpoint.
 
 Prints the per-class AP table, the summary (VOC07 11-point and all-point mAP, or
-the COCO numbers with ``--metric coco``) and the eval loss, and writes them as JSON.
+the COCO numbers with ``--metric coco``) and the eval loss, and writes them as JSON;
+``<output stem>_pr.png`` shows each class's precision-recall curve and
+``<output stem>_examples.jpg`` the four best and four worst images (ground truth
+beside the detections with score >= 0.5).
 """
 
 import json
+import os
 
 from absl import flags
 
@@ -26,11 +30,15 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     del argv
     cli.prepare_output_file(FLAGS.output)  # before the evaluation, not after it
-    result = evaluate_checkpoint(FLAGS.checkpoint, FLAGS.step, FLAGS.config, FLAGS.metric)
+    stem = os.path.splitext(FLAGS.output)[0]
+    curves_png, examples_jpg = stem + "_pr.png", stem + "_examples.jpg"
+    result = evaluate_checkpoint(FLAGS.checkpoint, FLAGS.step, FLAGS.config, FLAGS.metric,
+                                 curves_png=curves_png, examples_jpg=examples_jpg)  # fmt: skip
     print(format_table(result))
     with open(FLAGS.output, "w") as f:
         json.dump(result, f, indent=2)
-    print(f"wrote {FLAGS.output}")
+    print(f"wrote {FLAGS.output}, {curves_png} (precision-recall curves) and {examples_jpg} "
+          "(the best and worst images)")  # fmt: skip
 
 
 if __name__ == "__main__":

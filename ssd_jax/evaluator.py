@@ -5,6 +5,7 @@ steps; ``python -m ssd_jax.evaluate`` runs it on a checkpoint.
 
 from collections.abc import Callable, Iterator
 
+import cv2
 import jax
 import ml_collections
 import numpy as np
@@ -14,6 +15,8 @@ from ssd_jax import build, checkpoint, config_schema, inference, parallel, steps
 from ssd_jax.data import pipeline
 from ssd_jax.data.example import DataError
 from ssd_jax.evaluation import scoring
+from ssd_jax.evaluation.examples import Examples
+from ssd_jax.evaluation.plots import plot_precision_recall
 from ssd_jax.progress import Progress
 
 STEP_KEYS = ("image", "boxes", "labels", "mask")  # what the eval step reads
@@ -29,7 +32,9 @@ class Evaluator:
     and scores the gathered detections with ``metric`` ("voc" or "coco").
 
     ``evaluator(variables)`` returns the mean ``loss``, ``loc``, ``conf`` and
-    ``num_pos`` over the batches, and the metric (:func:`scoring.score`).
+    ``num_pos`` over the batches, and the metric (:func:`scoring.score`); after it,
+    ``records`` holds the pass's ground truth and detections and ``examples``
+    (one process) its best and worst images.
     """
 
     def __init__(
@@ -78,6 +83,7 @@ class Evaluator:
 
     def __call__(self, variables: steps.Variables, show_progress: bool = False) -> dict[str, float]:
         losses, ground_truth, detections, unreadable = [], [], [], 0
+        self.examples = Examples() if jax.process_count() == 1 else None
         progress = None
         if show_progress and jax.process_index() == 0:
             progress = Progress(
@@ -91,6 +97,9 @@ class Evaluator:
             local = {key: np.asarray(batch[key]) for key in GROUND_TRUTH_KEYS}
             gathered = multihost_utils.process_allgather({"found": found, "gt": local}, tiled=True)
             gts, dets = scoring.batch_records(gathered["gt"], gathered["found"])
+            if self.examples:  # one process: its batch rows are the records' images
+                real = ~np.asarray(batch["is_padding"])
+                self.examples.add(np.asarray(batch["image"])[real], gts, dets)
             unreadable += int(gathered["gt"]["unreadable"].sum())
             ground_truth += gts
             detections += dets
@@ -99,6 +108,7 @@ class Evaluator:
                 progress.update(min(real, progress.total - progress.done))
         if progress:
             progress.close()
+        self.records = (ground_truth, detections)  # of the last pass, for figures
         losses = jax.device_get(losses)
         result = {key: float(np.mean([loss[key] for loss in losses])) for key in losses[0]}
         if unreadable:  # left out of the metric (scored as padding): say so
@@ -137,9 +147,13 @@ def evaluate_checkpoint(
     step: int | None = None,
     config: ml_collections.ConfigDict | None = None,
     metric: str | None = None,
+    curves_png: str | None = None,
+    examples_jpg: str | None = None,
 ) -> dict[str, float]:
     """Eval loss and metric of the checkpoint at ``path`` (see
-    :func:`ssd_jax.checkpoint.locate`) over a whole eval split.
+    :func:`ssd_jax.checkpoint.locate`) over a whole eval split; its per-class
+    precision-recall curves in ``curves_png`` and its best and worst images in
+    ``examples_jpg`` when given.
 
     The split, batch size and metric come from the checkpoint's own configuration,
     or from ``config`` when given (the network's description always comes from the
@@ -157,7 +171,13 @@ def evaluate_checkpoint(
     graphdef, variables = inference.restore_network(location, config)
     mesh = parallel.make_data_mesh()
     evaluator = make_evaluator(config, graphdef, mesh, metric)
-    return evaluator(jax.device_put(variables, parallel.replicated(mesh)), show_progress=True)
+    result = evaluator(jax.device_put(variables, parallel.replicated(mesh)), show_progress=True)
+    if curves_png and jax.process_index() == 0:
+        plot_precision_recall(*evaluator.records, evaluator.source.class_names, curves_png)
+    if examples_jpg and evaluator.examples:
+        figure = evaluator.examples.figure(evaluator.source.class_names)
+        cv2.imwrite(examples_jpg, cv2.cvtColor(figure, cv2.COLOR_RGB2BGR))
+    return result
 
 
 LOSS_KEYS = ("loss", "loc", "conf", "num_pos")  # the eval step's, see steps.make_eval_step

@@ -47,6 +47,10 @@ class MetricsWriter:
             if name != "step":
                 self._tensorboard.add_scalar(name, value, int(step))
 
+    def write_image(self, step: int, name: str, image: np.ndarray) -> None:
+        """An RGB uint8 (H, W, 3) image in TensorBoard."""
+        self._tensorboard.add_image(name, image, int(step), dataformats="HWC")
+
     def close(self) -> None:
         self._jsonl.close()
         self._tensorboard.close()
@@ -64,15 +68,20 @@ def read_metrics(jsonl_path: str) -> list[dict]:
 
 
 def plot_learning_curve(jsonl_path: str, png_path: str) -> None:
+    """Writes :func:`learning_curve_figure` of a metrics.jsonl (if it has records)."""
+    records = read_metrics(jsonl_path)
+    if records:
+        learning_curve_figure(records).savefig(png_path, dpi=100)
+
+
+def learning_curve_figure(records: list[dict]):
     """Total, localization and confidence training loss against the step (and the
-    eval loss when present), as pytorch_SSD's learning-curve figure."""
+    eval loss when present), as pytorch_SSD's learning-curve figure, and the eval
+    mAP (or COCO AP) on a second axis. Returns a matplotlib ``Figure``."""
     # A bare Figure: no pyplot, so the caller's matplotlib backend (e.g. a
     # notebook's inline one) is left alone.
     from matplotlib.figure import Figure
 
-    records = read_metrics(jsonl_path)
-    if not records:
-        return
     figure = Figure(figsize=(8, 5))
     axes = figure.subplots()
     for name, style in (
@@ -88,6 +97,17 @@ def plot_learning_curve(jsonl_path: str, png_path: str) -> None:
     axes.set_xlabel("iteration")
     axes.set_ylabel("loss")
     axes.grid(True, alpha=0.3)
-    axes.legend()
+    lines, labels = axes.get_legend_handles_labels()
+    for name in ("eval/map", "eval/AP"):  # the metric trained for, on its own axis
+        points = [(r["step"], r[name]) for r in records if name in r]
+        if points:
+            metric_axes = axes.twinx()
+            steps, values = np.array(points).T
+            metric_axes.plot(steps, values, "s-", color="tab:purple", label=name)
+            metric_axes.set_ylabel("mAP (VOC07)" if name == "eval/map" else "AP (COCO)")
+            metric_axes.set_ylim(0, 1)
+            more_lines, more_labels = metric_axes.get_legend_handles_labels()
+            lines, labels = lines + more_lines, labels + more_labels
+    axes.legend(lines, labels, loc="center right")
     figure.tight_layout()
-    figure.savefig(png_path, dpi=100)
+    return figure

@@ -259,6 +259,9 @@ def _evaluate(run: Run, step: int, progress: Progress) -> None:
     result = run.evaluator(variables)
     if run.writer:
         run.writer.write(step, result, prefix="eval")
+        if run.evaluator.examples:
+            figure = run.evaluator.examples.figure(run.config.data.class_names)
+            run.writer.write_image(step, "eval/best_and_worst", figure)
         name, value = scoring.headline(result)
         evaluated, total = run.evaluator.num_images, len(run.evaluator.source)
         subset = f" ({evaluated} of {total} images)" if evaluated < total else ""

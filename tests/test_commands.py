@@ -122,6 +122,9 @@ def test_evaluate_command_scores_a_checkpoint_without_orbax_warnings(tmp_path):
     assert scores["AP"] > 0.5  # a working detector (its exact figures: test_checkpoint.py)
     assert "triangle" in result.stdout and "AP_small" in result.stdout
     assert "WARNING" not in result.stderr, result.stderr
+    png = tmp_path / "eval_pr.png"  # precision-recall curves beside the JSON
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert "evaluate 16/16" in result.stderr  # the progress, as lines off a terminal
 
 
 def test_evaluate_command_takes_a_step_and_another_configuration(tmp_path):

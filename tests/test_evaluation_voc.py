@@ -109,6 +109,10 @@ def test_hand_computed_cases():
     assert result.num_positives.tolist() == [2]
     area = voc.mean_average_precision(gt, det, num_classes=1, use_07_metric=False)
     np.testing.assert_allclose(area.ap, [0.5 * 1 + 0.5 * 2 / 3])
+    # the curve evaluate draws: those PR points, the difficult hit left out
+    recall, precision = result.curves[0]
+    np.testing.assert_allclose(recall, [0.5, 0.5, 1.0])
+    np.testing.assert_allclose(precision, [1.0, 0.5, 2 / 3])
 
 
 def test_iou_threshold_is_inclusive_and_classes_separate():

@@ -46,13 +46,16 @@ class VocResult(NamedTuple):
     """``ap`` (C,) per class (NaN for a class without non-difficult ground truth)
     with the interpolation asked for, ``map`` the mean over classes with ground
     truth, ``num_positives`` (C,); ``ap_area`` / ``map_area`` always the VOC2010+
-    all-point values (same matching, so both come from one pass)."""
+    all-point values (same matching, so both come from one pass); ``curves``: per
+    class, its precision-recall curve ``(recall, precision)`` in detection order
+    (empty arrays for a class without ground truth)."""
 
     ap: np.ndarray
     map: float
     num_positives: np.ndarray
     ap_area: np.ndarray
     map_area: float
+    curves: tuple = ()
 
 
 def average_precision(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> float:
@@ -157,6 +160,7 @@ def mean_average_precision(
 
     ap, ap_area = np.full(num_classes, np.nan), np.full(num_classes, np.nan)
     num_positives = np.zeros(num_classes, np.int64)
+    curves = []
     for label in range(1, num_classes + 1):
         of_class = np.nonzero(det_labels == label)[0]
         order = of_class[np.argsort(-det_scores[of_class], kind="stable")]
@@ -167,12 +171,14 @@ def mean_average_precision(
         npos = int(((gt_labels == label) & ~gt_difficult).sum())
         num_positives[label - 1] = npos
         if npos == 0:
+            curves.append((np.zeros(0), np.zeros(0)))
             continue
         tp, fp = np.cumsum(true_positive), np.cumsum(false_positive)
         recall = tp / npos
         precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+        curves.append((recall, precision))
         ap[label - 1] = average_precision(recall, precision, use_07_metric)
         ap_area[label - 1] = average_precision(recall, precision, use_07_metric=False)
     valid = ~np.isnan(ap)
     means = [float(a[valid].mean()) if valid.any() else float("nan") for a in (ap, ap_area)]
-    return VocResult(ap, means[0], num_positives, ap_area, means[1])
+    return VocResult(ap, means[0], num_positives, ap_area, means[1], tuple(curves))
