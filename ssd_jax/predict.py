@@ -176,6 +176,7 @@ def main(argv: list[str]) -> None:
     del argv
     if not 0 <= FLAGS.score_threshold <= 1:
         raise UserError(f"--score_threshold {FLAGS.score_threshold}: a probability, in [0, 1]")
+    list_inputs(FLAGS.input)  # an empty folder is an error before the model loads
     detector = load_detector(FLAGS.checkpoint, FLAGS.step)
     predict(detector, FLAGS.input, FLAGS.output, FLAGS.score_threshold)
 

@@ -93,11 +93,15 @@ def test_a_wrong_checkpoint_path_is_one_line_and_creates_nothing(tmp_path, comma
         ("evaluate", ["--config", "configs/tiny.py", "--config.detection.score_treshold=0.3"],
          "a --config.* override names a key the configuration does not have: 'score_treshold' "
          "(did you mean 'score_threshold'?)"),
+        ("predict", ["--input", "{tmp}/empty"], "{tmp}/empty holds no image or video"),
+        ("predict", ["--input", "{tmp}/file", "--score_threshold", "50"],
+         "--score_threshold 50.0: a probability, in [0, 1]"),
     ],
 )  # fmt: skip
 def test_bad_outputs_and_flags_are_one_line_before_any_work(tmp_path, command, args, message):
     """Before the checkpoint is read, so that no work (an evaluation) is lost."""
     (tmp_path / "file").write_text("")
+    (tmp_path / "empty").mkdir()
     args = [a.format(tmp=tmp_path) for a in args]
     result = run("-m", f"ssd_jax.{command}", "--checkpoint", str(FIXTURE), *args)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
@@ -106,10 +110,12 @@ def test_bad_outputs_and_flags_are_one_line_before_any_work(tmp_path, command, a
     )
 
 
-def test_every_command_shows_its_checkpoint_flags_in_help():
-    for command in ("evaluate", "predict", "export"):
+def test_every_command_shows_an_example_and_its_checkpoint_flags_in_help():
+    for command in ("train", "evaluate", "predict", "export", "convert", "data.prepare"):
         result = run("-m", f"ssd_jax.{command}", "--help")
-        assert "--checkpoint:" in result.stdout and "--step:" in result.stdout, command
+        assert f"python -m ssd_jax.{command} " in result.stdout, command
+        if command in ("evaluate", "predict", "export"):
+            assert "--checkpoint:" in result.stdout and "--step:" in result.stdout, command
 
 
 def test_evaluate_command_scores_a_checkpoint_without_orbax_warnings(tmp_path):
@@ -168,6 +174,10 @@ def test_predict_command_draws_detections_and_skips_bad_files(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "skipped" in result.stdout and "broken.jpg" in result.stdout
     assert "WARNING" not in result.stderr, result.stderr
+    lines = result.stdout.splitlines()  # off a terminal: a line per file, numbered
+    assert [line.split("]")[0] for line in lines if line.startswith("[")] == [
+        f"[{k}/4" for k in range(1, 5)
+    ]
     report = json.loads((out / "detections.json").read_text())
     assert report["skipped"] == [str(images / "broken.jpg"), str(images / "broken.mp4")]
     frames = [key for key in report["detections"] if "clip.avi#" in key]
@@ -184,3 +194,13 @@ def test_predict_command_draws_detections_and_skips_bad_files(tmp_path):
         assert d["class"] in SHAPE_NAMES[:3] and 0 <= d["score"] <= 1
     drawn = cv2.imread(str(out / "shapes.jpg"))
     assert drawn.shape == (90, 140, 3)
+
+    nothing = run("-m", "ssd_jax.predict", "--checkpoint", str(FIXTURE), "--input",
+                  str(images / "broken.jpg"), "--output", str(tmp_path / "none"))  # fmt: skip
+    assert nothing.returncode == 1 and "Traceback" not in nothing.stderr
+    assert nothing.stderr.strip().splitlines()[-1] == (
+        "error: none of the 1 inputs could be read (see above)"
+    )
+    assert json.loads((tmp_path / "none" / "detections.json").read_text())["skipped"] == [
+        str(images / "broken.jpg")
+    ]

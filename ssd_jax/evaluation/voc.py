@@ -176,7 +176,8 @@ def mean_average_precision(
         tp, fp = np.cumsum(true_positive), np.cumsum(false_positive)
         recall = tp / npos
         precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-        curves.append((recall, precision))
+        counted = (true_positive + false_positive) > 0  # not those on difficult objects
+        curves.append((recall[counted], precision[counted]))
         ap[label - 1] = average_precision(recall, precision, use_07_metric)
         ap_area[label - 1] = average_precision(recall, precision, use_07_metric=False)
     valid = ~np.isnan(ap)
