@@ -3,8 +3,8 @@ scratch on the synthetic shapes dataset, on a 2-core CPU in about 9 minutes.
 
     python -m ssd_jax.train --config configs/shapes.py --workdir runs/shapes
 
-Expected: VOC07 mAP about 0.6-0.7 on the 200 images of the eval split (measured
-0.665; see the README). The evaluations during training score the first 64 eval
+Expected: VOC07 mAP about 0.7-0.75 on the 200 images of the eval split (measured
+0.737; see the README). The evaluations during training score the first 64 eval
 images only (``eval_batches``). What makes ten-odd minutes enough:
 
 - Without an ImageNet backbone the trunk starts random: BatchNorm and gradient
@@ -12,9 +12,10 @@ images only (``eval_batches``). What makes ten-odd minutes enough:
   around 1e5 at step 1 because the L2-normalized conv4_3 amplifies them).
 - Adam at 3e-3 (for batch 16): at 1e-3 the same run reached mAP 0.37, and SGD
   needs about three times as many steps to reach the same loss.
-- Shapes of 10-70 % of the image and up to 3 per image, every image new (5440
-  in 340 steps), so no augmentation is needed; SSD300's smallest default boxes
-  are 10 % of the image.
+- Shapes of 10-70 % of the image, every image new (5440 in 340 steps), so no
+  augmentation is needed; SSD300's smallest default boxes are 10 % of the image.
+- Up to 6 shapes per training image (the eval split keeps up to 3): each step
+  sees ~1.7x the objects for the same compute (mAP 0.665 -> 0.737).
 """
 
 from ssd_jax.config_schema import base_config
@@ -32,6 +33,7 @@ def get_config():
         data.seed = seed
         data.max_objects = 3
         data.min_size, data.max_size = 0.1, 0.7
+    config.data.train.max_objects = 6  # more shapes per training image: more signal per step
     config.data.class_names = SHAPE_NAMES[:4]
     config.data.augment = False  # 5440 distinct images, each seen once
     config.data.num_workers = 1
