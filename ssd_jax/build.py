@@ -4,12 +4,17 @@ and the settings of the device steps. Everything below this module takes
 explicit arguments, never a configuration.
 """
 
+import functools
+from collections.abc import Callable
+
+import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
 
 from ssd_jax import default_boxes, optim
+from ssd_jax.data import device_augment
 from ssd_jax.data.sources import CocoSource, TfdsSource, VocSource
 from ssd_jax.data.synthetic import SHAPE_NAMES, SyntheticShapes
 from ssd_jax.models import SSD
@@ -108,4 +113,28 @@ def step_settings(config: ml_collections.ConfigDict) -> StepSettings:
         nms_iou_threshold=detection.nms_iou_threshold,
         top_k_per_class=detection.top_k_per_class,
         max_detections=detection.max_detections,
+    )
+
+
+def augment_on(data_config: ml_collections.ConfigDict) -> str:
+    """Where training augmentation runs: ``"host"`` or ``"device"`` (``"auto"``:
+    the device on accelerators; on CPU the host, whose worker processes run beside
+    the step instead of adding to it)."""
+    if data_config.augment_on != "auto":
+        return data_config.augment_on
+    return "host" if jax.default_backend() == "cpu" else "device"
+
+
+def device_augmentation(
+    config: ml_collections.ConfigDict,
+) -> Callable[[jax.Array, dict], dict] | None:
+    """``augment(step, batch) -> batch`` for the train step when augmentation runs
+    on the device (:func:`ssd_jax.data.device_augment.augment_step`), else None."""
+    if not config.data.augment or augment_on(config.data) != "device":
+        return None
+    return functools.partial(
+        device_augment.augment_step,
+        seed=config.seed,
+        size=default_box_spec(config.model).image_size,
+        fill_rgb=tuple(config.data.mean),
     )

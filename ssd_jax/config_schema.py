@@ -18,6 +18,7 @@ from ssd_jax.default_boxes import PRESETS
 from ssd_jax.errors import UserError
 
 ARCHITECTURES = ("ssd300", "ssd512")
+AUGMENT_PLACES = ("auto", "host", "device")
 DATA_KINDS = ("voc", "coco", "tfds", "synthetic")
 
 
@@ -69,6 +70,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.keep_difficult = False  # keep VOC "difficult" objects as training targets
     config.data.keep_crowd = False  # keep COCO crowd boxes as training targets
     config.data.augment = True  # False: resize only (the reference's no-augmentation switch)
+    # where the augmentation runs: "host" (Grain workers), "device" (in the train step;
+    # the host only decodes) or "auto" (device on GPU/TPU, host on CPU: measured fastest)
+    config.data.augment_on = "auto"
+    config.data.decode_max_side = 512  # device augmentation: decoded images fit in S x S
     config.data.max_boxes = 100
     config.data.num_workers = 4
     config.data.max_unreadable_images = 100  # training stops past this many (distinct)
@@ -150,6 +155,8 @@ def _rules(config: ml_collections.ConfigDict) -> list[tuple[str, bool, str]]:
         ("data.train.kind", config.data.train.kind in DATA_KINDS, str(DATA_KINDS)),
         ("data.eval.kind", config.data.eval.kind in DATA_KINDS, str(DATA_KINDS)),
         ("data.max_boxes", config.data.max_boxes >= 1, "at least 1"),
+        ("data.augment_on", config.data.augment_on in AUGMENT_PLACES, str(AUGMENT_PLACES)),
+        ("data.decode_max_side", config.data.decode_max_side >= 16, "at least 16"),
         ("data.num_workers", config.data.num_workers >= 0, "0 (in process) or more"),
         ("data.max_unreadable_images", config.data.max_unreadable_images >= 0, "0 or more"),
         ("optimizer.name", opt.name in ("sgd", "adam"), "'sgd' or 'adam'"),

@@ -105,19 +105,25 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
     settings: StepSettings,
+    augment: Callable[[jax.Array, dict], dict] | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """``train_step(state, batch, learning_rate_scale=1.0) -> (state, metrics)``,
     not yet jitted.
 
     ``batch`` holds ``image`` uint8 (B, S, S, 3), ``boxes`` (B, M, 4), ``labels`` and
-    ``mask`` (B, M). ``learning_rate_scale`` (a float32 scalar) multiplies the
-    schedule's rate (after rollbacks: :mod:`ssd_jax.divergence`). ``metrics``:
-    loss, loc, conf, num_pos, learning_rate, grad_norm.
+    ``mask`` (B, M). ``augment(step, batch) -> batch``, if given, runs first (device
+    augmentation: :func:`ssd_jax.data.device_augment.augment_step`).
+    ``learning_rate_scale`` (a float32 scalar) multiplies the schedule's rate
+    (after rollbacks: :mod:`ssd_jax.divergence`). ``metrics``: loss, loc, conf,
+    num_pos, learning_rate, grad_norm.
     """
 
     def train_step(
         state: TrainState, batch: dict, learning_rate_scale: jax.Array | float = 1.0
     ) -> tuple[TrainState, dict]:
+        if augment is not None:
+            batch = augment(state["step"], batch)
+
         def loss_fn(params):
             # copy: fresh Variables at this trace level, which BatchNorm may update
             model = nnx.merge(graphdef, params, state["batch_stats"], copy=True)

@@ -21,14 +21,14 @@ from absl import app, flags
 
 from ssd_jax import build, checkpoint, config_schema, parallel, steps
 from ssd_jax.data import pipeline
-from ssd_jax.data.example import DataError
 from ssd_jax.divergence import NonFiniteLossError, Rollbacks, all_finite
 from ssd_jax.evaluation import scoring
 from ssd_jax.evaluator import Evaluator, make_evaluator
 from ssd_jax.metrics_writer import MetricsWriter, plot_learning_curve
 from ssd_jax.progress import Progress
 
-TRAIN_KEYS = ("image", "boxes", "labels", "mask")  # what the train step reads
+# what the train step reads (image_hw: decoded batches for device augmentation)
+TRAIN_KEYS = ("image", "image_hw", "boxes", "labels", "mask")
 
 
 @dataclasses.dataclass
@@ -44,7 +44,7 @@ class Run:
     meta: dict
     evaluator: Evaluator | None
     writer: MetricsWriter | None  # process 0 only
-    unreadable: "UnreadableImages"
+    unreadable: pipeline.UnreadableImages
     rollbacks: Rollbacks
 
     def close(self) -> None:
@@ -113,7 +113,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
         checkpoint.load_backbone(model, config.init.backbone)
     optimizer, schedule = build.optimizer(config)
     graphdef, variables = steps.split_model(model)
-    train_step = steps.make_train_step(graphdef, optimizer, schedule, build.step_settings(config))
+    settings, augment = build.step_settings(config), build.device_augmentation(config)
+    train_step = steps.make_train_step(graphdef, optimizer, schedule, settings, augment)
     evaluator = make_evaluator(config, graphdef, mesh) if config.eval_every else None
     with contextlib.ExitStack() as opened:  # released here if the setup fails past this
         iterator = pipeline.make_iterator(
@@ -139,7 +140,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
             meta=meta,
             evaluator=evaluator,
             writer=MetricsWriter(workdir, start_step) if jax.process_index() == 0 else None,
-            unreadable=UnreadableImages(train_source, config.data.max_unreadable_images),
+            unreadable=pipeline.UnreadableImages(train_source, config.data.max_unreadable_images),
             rollbacks=Rollbacks(config, meta),
         )
         opened.pop_all()  # the run owns them now: Run.close releases them
@@ -157,31 +158,11 @@ def _train_dataset(config: ml_collections.ConfigDict, source):
         keep_difficult=config.data.keep_difficult,
         keep_crowd=config.data.keep_crowd,
         augment=config.data.augment,
+        augment_on=build.augment_on(config.data),
+        max_side=config.data.decode_max_side,
         shard_index=jax.process_index(),
         shard_count=jax.process_count(),
     )
-
-
-class UnreadableImages:
-    """The training images met so far that could not be read (each was replaced by
-    the next readable one: :class:`ssd_jax.data.pipeline._ReadableSource`)."""
-
-    def __init__(self, source, limit: int):
-        self.source, self.limit, self.indices = source, limit, set()
-
-    def add(self, batch: dict) -> None:
-        """Notes the batch's unreadable images; :class:`DataError` past the limit."""
-        self.indices.update(int(i) for i in batch["unreadable_index"] if i >= 0)
-        if len(self.indices) > self.limit:
-            raise DataError(
-                f"{len(self.indices)} training images cannot be read, more than "
-                f"data.max_unreadable_images = {self.limit}: {self.names()[:20]}; fix or "
-                "remove them, or raise the limit"
-            )
-
-    def names(self) -> list[str]:
-        name = getattr(self.source, "image_file", lambda index: f"example {index}")
-        return [name(index) for index in sorted(self.indices)]
 
 
 class LogWindow:
@@ -289,7 +270,7 @@ def train(run: Run) -> steps.TrainState:
         run.unreadable.add(batch)
         run.state, metrics = run.train_step(
             run.state,
-            parallel.global_batch(batch, run.mesh, TRAIN_KEYS),
+            parallel.global_batch(batch, run.mesh, [k for k in TRAIN_KEYS if k in batch]),
             np.float32(run.rollbacks.learning_rate_scale),
         )
         window.add(step, metrics, batch)

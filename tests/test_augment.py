@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ssd_jax.data import augment
+from ssd_jax.data import augment, photometric
 from ssd_jax.data.synthetic import SyntheticShapes
 
 
@@ -31,18 +31,18 @@ def bright_region(image):
 def test_saturation_and_hue_hand_computed(saturation, hue, expected):
     red = np.array([[[255.0, 0.0, 0.0]]], np.float32)
     np.testing.assert_allclose(
-        augment.adjust_saturation_hue(red, saturation, hue)[0, 0], expected, atol=0.1
+        photometric.adjust_saturation_hue(red, saturation, hue)[0, 0], expected, atol=0.1
     )
 
 
 def test_photometric_distort_keeps_shape_and_is_seeded():
     image = SyntheticShapes(1, image_size=(60, 80), seed=3)[0]["image"]
-    a = augment.photometric_distort(image, np.random.default_rng(5))
-    b = augment.photometric_distort(image, np.random.default_rng(5))
+    a = photometric.photometric_distort(image, np.random.default_rng(5))
+    b = photometric.photometric_distort(image, np.random.default_rng(5))
     assert a.shape == image.shape and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
     outputs = {
-        augment.photometric_distort(image, np.random.default_rng(s)).tobytes() for s in range(8)
+        photometric.photometric_distort(image, np.random.default_rng(s)).tobytes() for s in range(8)
     }
     assert len(outputs) > 4
 
@@ -174,7 +174,7 @@ def test_fused_train_geometry_equals_the_ops_applied_in_turn():
     for seed in range(30):
         fused = augment.train_augment(example, np.random.default_rng(seed), size, fill)
         rng = np.random.default_rng(seed)
-        step = augment.photometric_distort(image, rng)
+        step = photometric.photometric_distort(image, rng)
         step, step_boxes = augment.expand(step, boxes, rng, fill)
         patch, _ = augment.sample_crop(step_boxes, step.shape[:2], rng)
         if patch is not None:
@@ -190,11 +190,11 @@ def test_fused_train_geometry_equals_the_ops_applied_in_turn():
 def test_uint8_saturation_hue_follows_the_float_version():
     image = SyntheticShapes(1, image_size=(60, 80), seed=4)[0]["image"]
     for saturation, hue in [(1.4, 0.0), (0.6, 0.0), (1.0, 17.0), (1.0, -18.0), (1.3, -9.0)]:
-        fast = augment.adjust_saturation_hue_uint8(image, saturation, hue).astype(float)
-        exact = augment.adjust_saturation_hue(image.astype(np.float32), saturation, hue)
+        fast = photometric.adjust_saturation_hue_uint8(image, saturation, hue).astype(float)
+        exact = photometric.adjust_saturation_hue(image.astype(np.float32), saturation, hue)
         error = np.abs(fast - np.clip(exact, 0, 255))
         assert error.mean() < 2.5 and np.percentile(error, 99) < 12, (saturation, hue)
     red = np.array([[[255, 0, 0]]], np.uint8)
     np.testing.assert_array_equal(
-        augment.adjust_saturation_hue_uint8(red, 1.0, 120.0), [[[0, 255, 0]]]
+        photometric.adjust_saturation_hue_uint8(red, 1.0, 120.0), [[[0, 255, 0]]]
     )

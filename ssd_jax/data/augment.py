@@ -3,79 +3,20 @@
 Every op takes an RGB image (H, W, 3), normalized xyxy boxes (N, 4) and a
 ``np.random.Generator``, and returns the transformed image and boxes plus the
 indices of the boxes it kept (so labels and flags can follow). Training applies,
-in order: :func:`photometric_distort`, :func:`expand`, :func:`random_crop`,
-:func:`horizontal_flip`, resize. Evaluation only resizes.
+in order: :func:`~ssd_jax.data.photometric.photometric_distort`, :func:`expand`,
+:func:`crop`, :func:`horizontal_flip`, resize. Evaluation only resizes.
+:mod:`ssd_jax.data.device_augment` does the same on the accelerator.
 """
+
+import dataclasses
 
 import cv2
 import numpy as np
 
+from ssd_jax.data.photometric import photometric_distort
+
 # the paper's sampler: no crop, minimum IoU 0.1 ... 0.9, or any patch
 CROP_MIN_IOUS = (None, 0.1, 0.3, 0.5, 0.7, 0.9, 0.0)
-
-
-def adjust_saturation_hue(
-    image: np.ndarray, saturation_factor: float = 1.0, hue_degrees: float = 0.0
-) -> np.ndarray:
-    """Scales saturation (clipped to [0, 1]) and rotates hue (mod 360 degrees) of a
-    float32 RGB image in [0, 255]."""
-    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)  # float32: H [0, 360), S [0, 1], V [0, 255]
-    hue, saturation, value = cv2.split(hsv)
-    if saturation_factor != 1.0:
-        saturation = np.minimum(saturation * np.float32(saturation_factor), np.float32(1))
-    if hue_degrees != 0.0:
-        hue += np.float32(hue_degrees)
-        hue[hue >= 360] -= 360
-        hue[hue < 0] += 360
-    return cv2.cvtColor(cv2.merge((hue, saturation, value)), cv2.COLOR_HSV2RGB)
-
-
-def adjust_saturation_hue_uint8(
-    image: np.ndarray, saturation_factor: float = 1.0, hue_degrees: float = 0.0
-) -> np.ndarray:
-    """:func:`adjust_saturation_hue` for uint8 RGB in OpenCV's 8-bit HSV (hue in
-    2-degree steps) with lookup tables: about 10x faster than the float32 version,
-    within a few levels of it (the hue shift is rounded to 2 degrees)."""
-    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)  # uint8: H [0, 180), S, V [0, 255]
-    hue, saturation, value = cv2.split(hsv)
-    levels = np.arange(256, dtype=np.float32)
-    if saturation_factor != 1.0:
-        table = np.clip(np.round(levels * np.float32(saturation_factor)), 0, 255)
-        saturation = cv2.LUT(saturation, table.astype(np.uint8))
-    if hue_degrees != 0.0:
-        shift = round(hue_degrees / 2)
-        table = np.where(levels < 180, (levels + shift) % 180, levels)
-        hue = cv2.LUT(hue, table.astype(np.uint8))
-    return cv2.cvtColor(cv2.merge((hue, saturation, value)), cv2.COLOR_HSV2RGB)
-
-
-def photometric_distort(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random brightness (+-32), contrast (x0.5-1.5, before or after the HSV part),
-    saturation (x0.5-1.5), hue (+-18 degrees), each with p = 0.5, then a random
-    channel permutation with p = 0.5. uint8 RGB in, uint8 RGB out (rounded)."""
-    brightness = rng.uniform(-32, 32) if rng.uniform() < 0.5 else 0.0
-    contrast_first = rng.uniform() < 0.5
-    contrast_before = rng.uniform(0.5, 1.5) if contrast_first and rng.uniform() < 0.5 else 1.0
-    saturation = rng.uniform(0.5, 1.5) if rng.uniform() < 0.5 else 1.0
-    hue = rng.uniform(-18, 18) if rng.uniform() < 0.5 else 0.0
-    contrast_after = rng.uniform(0.5, 1.5) if not contrast_first and rng.uniform() < 0.5 else 1.0
-    permutation = rng.permutation(3) if rng.uniform() < 0.5 else None
-
-    # Everything stays uint8: brightness and contrast act per value (lookup tables,
-    # rounded to whole levels, far below the distortion's own scale), saturation
-    # and hue in 8-bit HSV. The float32 HSV round trip took ~80 % of the
-    # augmentation time.
-    levels = np.arange(256, dtype=np.float32)
-    table = np.clip((levels + brightness) * contrast_before, 0, 255)
-    x = cv2.LUT(image, np.round(table).astype(np.uint8))
-    if saturation != 1.0 or hue != 0.0:
-        x = adjust_saturation_hue_uint8(x, saturation, hue)
-    if contrast_after != 1.0:
-        x = cv2.LUT(x, np.round(np.clip(levels * contrast_after, 0, 255)).astype(np.uint8))
-    if permutation is not None:
-        channels = cv2.split(x)
-        x = cv2.merge([channels[c] for c in permutation])
-    return x
 
 
 def sample_expand(
@@ -272,6 +213,59 @@ def _warp_window(
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """The geometric augmentation's parameters: the zoom-out canvas
+    ``(height, width, top, left)`` in pixels (None: no zoom-out), the crop patch as
+    normalized xyxy of the canvas (None: no crop) and the flip."""
+
+    canvas: tuple[int, int, int, int] | None
+    patch: np.ndarray | None
+    flip: bool
+
+
+def draw_geometry(
+    boxes: np.ndarray, image_shape: tuple[int, int], rng: np.random.Generator
+) -> Geometry:
+    """Zoom-out (:func:`sample_expand`), crop (:func:`sample_crop` on the canvas's
+    boxes) and flip (p = 0.5), drawn in that order, for normalized xyxy ``boxes``
+    (N, 4) of an image of ``image_shape`` (height, width)."""
+    canvas = sample_expand(image_shape, rng)
+    canvas_shape = image_shape if canvas is None else canvas[:2]
+    if canvas is not None:
+        boxes = expand_boxes(boxes, image_shape, canvas)
+    patch, _ = sample_crop(boxes, canvas_shape, rng)
+    return Geometry(canvas, patch, bool(rng.uniform() < 0.5))
+
+
+def apply_geometry(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    geometry: Geometry,
+    image_size: int,
+    fill_rgb: tuple[float, float, float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Zoom-out, crop and flip of ``geometry`` then resize to (image_size,
+    image_size), as one affine warp of the selected window: the 16x-larger
+    zoom-out canvas is never built. Returns the image, the boxes (N', 4) and
+    the indices of the kept boxes (centres inside the crop)."""
+    height, width = image.shape[:2]
+    canvas = geometry.canvas or (height, width, 0, 0)
+    if geometry.canvas is not None:
+        boxes = expand_boxes(boxes, (height, width), canvas)
+    canvas_height, canvas_width, top, left = canvas
+    patch, kept = geometry.patch, np.arange(len(boxes))
+    if patch is None:
+        patch = np.array([0.0, 0.0, 1.0, 1.0])
+    else:
+        boxes, kept = crop_boxes(boxes, patch)
+    if geometry.flip:
+        boxes = flip_boxes(boxes)
+    canvas_scale = np.array([canvas_width, canvas_height, canvas_width, canvas_height])
+    window = np.round(patch * canvas_scale) - [left, top, left, top]
+    return _warp_window(image, window, geometry.flip, image_size, fill_rgb), boxes, kept
+
+
 def train_augment(
     example: dict,
     rng: np.random.Generator,
@@ -284,10 +278,10 @@ def train_augment(
     zoom-out (:func:`sample_expand`), :func:`sample_crop`, flip (p = 0.5) and resize.
 
     The geometric ops draw the same random numbers as :func:`expand`,
-    :func:`crop` and :func:`horizontal_flip` applied in turn, but the pixels are
-    produced by one affine warp of the window they select, so the 16x-larger
-    zoom-out canvas is never built. Difficult and crowd objects are removed first
-    unless ``keep_*``; boxes narrower or shorter than one output pixel are dropped.
+    :func:`crop` and :func:`horizontal_flip` applied in turn (:func:`draw_geometry`),
+    and the pixels come from one affine warp (:func:`apply_geometry`). Difficult
+    and crowd objects are removed first unless ``keep_*``; boxes narrower or
+    shorter than one output pixel are dropped.
 
     Returns:
       ``{"image": uint8 (S, S, 3), "boxes": float32 (N', 4), "labels": int32 (N',),
@@ -295,27 +289,9 @@ def train_augment(
     """
     boxes, labels = training_targets(example, keep_difficult, keep_crowd)
     image = photometric_distort(example["image"], rng)
-    height, width = image.shape[:2]
-    canvas = sample_expand((height, width), rng)
-    if canvas is None:
-        canvas = (height, width, 0, 0)
-    else:
-        boxes = expand_boxes(boxes, (height, width), canvas)
-    canvas_height, canvas_width, top, left = canvas
-    patch, _ = sample_crop(boxes, (canvas_height, canvas_width), rng)
-    if patch is None:
-        patch = np.array([0.0, 0.0, 1.0, 1.0])
-    else:
-        boxes, kept = crop_boxes(boxes, patch)
-        labels = labels[kept]
-    flip = rng.uniform() < 0.5
-    if flip:
-        boxes = flip_boxes(boxes)
-    canvas_scale = np.array([canvas_width, canvas_height, canvas_width, canvas_height])
-    window = np.round(patch * canvas_scale) - [left, top, left, top]
-    image = _warp_window(image, window, flip, image_size, fill_rgb)
-
-    return _training_output(example, image, boxes, labels, image_size)
+    geometry = draw_geometry(boxes, image.shape[:2], rng)
+    image, boxes, kept = apply_geometry(image, boxes, geometry, image_size, fill_rgb)
+    return _training_output(example, image, boxes, labels[kept], image_size)
 
 
 def training_targets(

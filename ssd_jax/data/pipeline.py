@@ -33,7 +33,12 @@ import grain
 import numpy as np
 from absl import flags
 
-from ssd_jax.data.augment import eval_preprocess, train_augment, train_resize_only
+from ssd_jax.data.augment import (
+    eval_preprocess,
+    train_augment,
+    train_resize_only,
+    training_targets,
+)
 from ssd_jax.data.example import DataError
 from ssd_jax.data.imagenet import IMAGENET_MEAN_RGB
 from ssd_jax.data.iterator_state import AnyWorkerCount
@@ -98,6 +103,28 @@ class _ReadableSource:
         raise DataError("no example of the data source can be read")
 
 
+class UnreadableImages:
+    """The training images met so far that could not be read (each was replaced by
+    the next readable one: :class:`_ReadableSource`)."""
+
+    def __init__(self, source, limit: int):
+        self.source, self.limit, self.indices = source, limit, set()
+
+    def add(self, batch: dict) -> None:
+        """Notes the batch's unreadable images; :class:`DataError` past the limit."""
+        self.indices.update(int(i) for i in batch["unreadable_index"] if i >= 0)
+        if len(self.indices) > self.limit:
+            raise DataError(
+                f"{len(self.indices)} training images cannot be read, more than "
+                f"data.max_unreadable_images = {self.limit}: {self.names()[:20]}; fix or "
+                "remove them, or raise the limit"
+            )
+
+    def names(self) -> list[str]:
+        name = getattr(self.source, "image_file", lambda index: f"example {index}")
+        return [name(index) for index in sorted(self.indices)]
+
+
 class TrainTransform(grain.transforms.RandomMap):
     """Augments one example (:func:`ssd_jax.data.augment.train_augment`) and pads it."""
 
@@ -130,6 +157,47 @@ class TrainTransform(grain.transforms.RandomMap):
             "num_unreadable": np.int32(example.get("num_unreadable", 0)),
             "unreadable_index": np.int64(example.get("unreadable_index", -1)),
         }
+
+
+class DecodeTransform(grain.transforms.Map):
+    """The host's part of device-side augmentation: one decoded example fitted into
+    uint8 (S, S, 3) (shrunk only if its longer side exceeds S = ``max_side``,
+    padded at the bottom and right) with its valid ``image_hw`` and its training
+    targets padded; :func:`ssd_jax.data.device_augment.augment_batch` does the rest."""
+
+    def __init__(
+        self, max_side: int, max_boxes: int, keep_difficult: bool = False, keep_crowd: bool = False
+    ):
+        self.max_side = max_side
+        self.max_boxes = max_boxes
+        self.keep_difficult = keep_difficult
+        self.keep_crowd = keep_crowd
+
+    def map(self, example: dict) -> dict:
+        image = fit_within(example["image"], self.max_side)
+        height, width = image.shape[:2]
+        padded = np.zeros((self.max_side, self.max_side, 3), np.uint8)
+        padded[:height, :width] = image
+        boxes, labels = training_targets(example, self.keep_difficult, self.keep_crowd)
+        return {
+            "image": padded,
+            "image_hw": np.array([height, width], np.int32),
+            **pad_objects(boxes, labels, self.max_boxes),
+            "image_id": np.int64(example["image_id"]),
+            "num_unreadable": np.int32(example.get("num_unreadable", 0)),
+            "unreadable_index": np.int64(example.get("unreadable_index", -1)),
+        }
+
+
+def fit_within(image: np.ndarray, max_side: int) -> np.ndarray:
+    """``image`` shrunk (area interpolation, aspect kept) so that its longer side is
+    at most ``max_side``; unchanged when it already is."""
+    height, width = image.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 class EvalTransform(grain.transforms.Map):
@@ -209,6 +277,8 @@ def train_dataset(
     keep_difficult: bool = False,
     keep_crowd: bool = False,
     augment: bool = True,
+    augment_on: str = "host",
+    max_side: int = 512,
     num_epochs: int | None = None,
     shard_index: int = 0,
     shard_count: int = 1,
@@ -217,7 +287,9 @@ def train_dataset(
     reshuffled every epoch, augmented, batched with ``drop_remainder``.
 
     ``batch_size`` is the per-process batch; ``num_epochs=None`` repeats forever;
-    ``augment=False`` only resizes.
+    ``augment=False`` only resizes. ``augment_on="device"`` leaves the
+    augmentation to the train step: the batches are decoded images fitted into
+    (``max_side``, ``max_side``) with ``image_hw`` (:class:`DecodeTransform`).
     Iterate with :func:`make_iterator`.
     """
     _check_shard(shard_index, shard_count)
@@ -226,10 +298,16 @@ def train_dataset(
             f"the data shard has {len(source) // shard_count} examples, fewer than one batch "
             f"of {batch_size}"
         )
-    transform = TrainTransform(image_size, max_boxes, fill_rgb, keep_difficult, keep_crowd, augment)
+    if augment_on not in ("host", "device"):
+        raise ValueError(f"augment_on must be 'host' or 'device', got {augment_on!r}")
     dataset = grain.MapDataset.source(_ReadableSource(source))[shard_index::shard_count]
     dataset = dataset.shuffle(seed=seed).repeat(num_epochs)
-    dataset = dataset.random_map(transform, seed=seed)
+    keep = (keep_difficult, keep_crowd)
+    if augment and augment_on == "device":
+        dataset = dataset.map(DecodeTransform(max_side, max_boxes, *keep))
+    else:
+        transform = TrainTransform(image_size, max_boxes, fill_rgb, *keep, augment)
+        dataset = dataset.random_map(transform, seed=seed)
     return dataset.batch(batch_size, drop_remainder=True)
 
 
