@@ -45,5 +45,9 @@ run train300_fp32 90 $bench.train_step --config configs/ssd300_voc.py --batch_si
   --dtypes float32 --parts full --steps 20 --output "$out/train300_fp32.json"
 run train300_bf16_b128 90 $bench.train_step --config configs/ssd300_voc.py --batch_size 128 \
   --dtypes bfloat16 --parts full --steps 20 --output "$out/train300_bf16_b128.json"
-run input_pipeline 90 $bench.input_pipeline --sizes 300 --workers 0,8,15 --num_images 300 \
+run augment300 120 $bench.train_step --config configs/ssd300_voc.py --batch_size 64 \
+  --dtypes bfloat16 --parts full,augmented,augment --steps 30 --output "$out/augment300.json"
+run postprocess_stages 120 $bench.postprocess_stages --batch_sizes 8,64 --repeats 20 \
+  --output "$out/postprocess_stages.json"
+run input_pipeline 120 $bench.input_pipeline --sizes 300 --workers 0,8,15 --num_images 300 \
   --batches 40 --output "$out/input_pipeline.json"

@@ -7,7 +7,9 @@
 For each compute dtype it reports the compile time and steady-state images/s of
 the full step (normalize, network, matching, loss, gradients, SGD update) and of
 the bare network (forward, backward and update of a plain squared-output loss),
-so the cost of matching and the loss is visible.
+so the cost of matching and the loss is visible. Parts ``augmented`` (the full
+step with the augmentation on the device, from decoded 500x375 images padded to
+``--max_side``) and ``augment`` (that augmentation alone) show its cost.
 """
 
 import time
@@ -39,6 +41,27 @@ def synthetic_batch(batch_size: int, image_size: int, max_boxes: int, seed: int 
         "mask": np.arange(max_boxes)[None].repeat(batch_size, 0)
         < rng.integers(1, 8, (batch_size, 1)),
     }
+
+
+def decoded_batch(batch: dict, max_side: int, height: int = 375, width: int = 500) -> dict:
+    """``batch`` as the host hands it over for device augmentation: each image a
+    (height, width) picture padded to (max_side, max_side), with ``image_hw``."""
+    size = len(batch["image"])
+    rng = np.random.default_rng(1)
+    images = np.zeros((size, max_side, max_side, 3), np.uint8)
+    images[:, :height, :width] = rng.integers(0, 256, (size, height, width, 3), np.uint8)
+    hw = np.tile(np.array([[height, width]], np.int32), (size, 1))
+    return {**batch, "image": images, "image_hw": hw}
+
+
+def augment_only_step(augment):
+    """The device augmentation alone, as a (state, batch) step."""
+
+    def step(state, batch):
+        out = augment(state["step"], batch)
+        return {**state, "step": state["step"] + 1}, out["image"]
+
+    return step
 
 
 def time_step(step, state, batch, num_steps: int) -> tuple[float, float]:
@@ -79,9 +102,11 @@ def main(argv: list[str]) -> None:
     kind = config.data.train.kind
     num_classes = len(config.data.class_names or (COCO_CLASSES if kind == "coco" else VOC_CLASSES))
     image_size = build.default_box_spec(config.model).image_size
-    batch = parallel.shard_batch(
-        synthetic_batch(FLAGS.batch_size, image_size, config.data.max_boxes), mesh
-    )
+    host_batch = synthetic_batch(FLAGS.batch_size, image_size, config.data.max_boxes)
+    batch = parallel.shard_batch(host_batch, mesh)
+    decoded = parallel.shard_batch(decoded_batch(host_batch, FLAGS.max_side), mesh)
+    config.data.augment_on, config.data.decode_max_side = "device", FLAGS.max_side
+    augment = build.device_augmentation(config)
     schedule = optim.step_schedule(1e-3, 1, (), 0.1)
     optimizer = optim.make_optimizer("sgd", schedule)
     rows = []
@@ -95,10 +120,12 @@ def main(argv: list[str]) -> None:
         step_fns = {
             "full": steps.make_train_step(graphdef, optimizer, schedule, settings),
             "network": bare_network_step(graphdef, optimizer, settings),
+            "augmented": steps.make_train_step(graphdef, optimizer, schedule, settings, augment),
+            "augment": augment_only_step(augment),
         }
         for part in FLAGS.parts:
-            step = step_fns[part]
-            compile_s, rate = time_step(jax.jit(step), state, batch, FLAGS.steps)
+            step, inputs = step_fns[part], decoded if part.startswith("augment") else batch
+            compile_s, rate = time_step(jax.jit(step), state, inputs, FLAGS.steps)
             rows.append(
                 {"dtype": dtype_name, "part": part, "compile_s": compile_s, "images_per_s": rate}
             )
@@ -108,14 +135,21 @@ def main(argv: list[str]) -> None:
         "width": config.model.width,
         "batch_norm": config.model.batch_norm,
     }
-    write_report(FLAGS.output, "train_step", rows, model=model_details, batch_size=FLAGS.batch_size)
+    write_report(FLAGS.output, "train_step", rows, model=model_details, batch_size=FLAGS.batch_size,
+                 max_side=FLAGS.max_side)  # fmt: skip
 
 
 if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", "configs/ssd300_voc.py", "Training configuration.")
     flags.DEFINE_integer("batch_size", 8, "Global batch size.")
     flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes to measure.")
-    flags.DEFINE_list("parts", ["full", "network"], "full (the train step) and/or network (bare).")
+    flags.DEFINE_list(
+        "parts",
+        ["full", "network"],
+        "full (the train step), network (bare), augmented (full step with device "
+        "augmentation), augment (device augmentation alone).",
+    )
+    flags.DEFINE_integer("max_side", 512, "Decoded image size for the augment parts.")
     flags.DEFINE_integer("steps", 5, "Timed steps after the first (compiling) one.")
     define_output_flag("train_step")
     app.run(main)
