@@ -1,4 +1,4 @@
-"""Inference speed: the whole detector and post-processing alone.
+r"""Inference speed: the whole detector and post-processing alone.
 
     python -m benchmarks.inference [--architecture ssd300] [--batch_sizes 1,8,64] \
         [--width 1.0] [--dtype float32] [--output runs/benchmarks/inference.json]

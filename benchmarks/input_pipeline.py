@@ -82,12 +82,15 @@ def measure(
         max_side=max_side,
     )
     iterator = pipeline.make_iterator(dataset, num_workers=num_workers, prefetch=1)
-    for _ in range(2):
-        next(iterator)
-    start = time.perf_counter()
-    for _ in range(num_batches):
-        next(iterator)
-    return num_batches * batch_size / (time.perf_counter() - start)
+    try:
+        for _ in range(2):
+            next(iterator)
+        start = time.perf_counter()
+        for _ in range(num_batches):
+            next(iterator)
+        return num_batches * batch_size / (time.perf_counter() - start)
+    finally:
+        iterator.close()  # its threads stop before the JPEG folder is deleted
 
 
 def main(argv: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""Metric speed: the VOC metric on real detections, the COCO metric on a
+r"""Metric speed: the VOC metric on real detections, the COCO metric on a
 COCO-sized synthetic set.
 
     python -m benchmarks.metrics \

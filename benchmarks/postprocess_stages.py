@@ -1,4 +1,4 @@
-"""Where post-processing spends its time: each stage of ``postprocess.detect``
+r"""Where post-processing spends its time: each stage of ``postprocess.detect``
 timed as a cumulative prefix (one jit each), on synthetic head outputs.
 
     python -m benchmarks.postprocess_stages [--architectures ssd300,ssd512] \

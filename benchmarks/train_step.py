@@ -1,4 +1,4 @@
-"""Train-step speed with device-resident synthetic batches (no input pipeline).
+r"""Train-step speed with device-resident synthetic batches (no input pipeline).
 
     python -m benchmarks.train_step --config configs/ssd300_voc.py \
         [--batch_size 32] [--dtypes float32,bfloat16] [--parts full,network] [--steps 10] \

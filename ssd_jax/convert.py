@@ -1,4 +1,4 @@
-"""Imports a trained PyTorch SSD detector as an ssd_jax checkpoint.
+r"""Imports a trained PyTorch SSD detector as an ssd_jax checkpoint.
 
     python -m ssd_jax.convert --from pytorch_ssd|ssd.pytorch|torchvision \
         --input FILE --output DIR [--class_names a,b,c]

@@ -1,4 +1,4 @@
-"""Evaluates a checkpoint on an eval split (VOC or COCO metric).
+r"""Evaluates a checkpoint on an eval split (VOC or COCO metric).
 
     python -m ssd_jax.evaluate --checkpoint runs/shapes [--step N] [--output eval.json]
     python -m ssd_jax.evaluate --checkpoint DIR --config configs/ssd300_voc.py \

@@ -1,4 +1,4 @@
-"""Detects objects in images or videos with a trained checkpoint and draws them.
+r"""Detects objects in images or videos with a trained checkpoint and draws them.
 
     python -m ssd_jax.predict --checkpoint runs/shapes --input PATH \
         [--output predictions] [--score_threshold 0.5]
@@ -10,7 +10,8 @@ inputs share a stem); a video gives ``<output>/<stem>.mp4``.
 class names, scores) per image, or per ``<video>#<frame>``. Inputs of any size
 are resized to the model's input and the boxes mapped back; photos are turned
 upright by their EXIF orientation. Unreadable files are reported and skipped
-(none readable, or an empty folder: exit status 1).
+(none readable: exit status 1; a missing input, a file that is not an
+image or video, or a folder without any: one line before the model loads).
 The output folder must not be the inputs' folder and must be writable (checked
 before the first image); a failed write stops the command, keeping
 ``detections.json`` of what was done.
@@ -99,10 +100,15 @@ def predict_image(detector: Detector, path: str, output_file: str, threshold: fl
 
 
 def list_inputs(path: str) -> list[str]:
-    """``path`` itself, or the images and videos of the folder ``path``, sorted."""
-    if not os.path.isdir(path):
-        return [path]
+    """``path`` itself, or the images and videos of the folder ``path``, sorted;
+    :class:`UserError` if there is none."""
     suffixes = IMAGE_SUFFIXES + VIDEO_SUFFIXES
+    if not os.path.exists(path):
+        raise UserError(f"--input {path} does not exist")
+    if not os.path.isdir(path):
+        if not path.lower().endswith(suffixes):
+            raise UserError(f"--input {path} is not an image or video ({', '.join(suffixes)})")
+        return [path]
     paths = sorted(os.path.join(path, n) for n in os.listdir(path) if n.lower().endswith(suffixes))
     if not paths:
         raise UserError(f"{path} holds no image or video ({', '.join(suffixes)})")
@@ -153,11 +159,11 @@ def predict(detector: Detector, input_path: str, output: str, threshold: float) 
                     found = predict_video(detector, path, output_file, threshold)
                     report["detections"].update(found)
                     count = sum(map(len, found.values()))
-                    message = f"{len(found)} frames, {count} detections -> {output_file}"
+                    message = f"{len(found)} frames, {_count(count)} -> {output_file}"
                 else:
                     found = predict_image(detector, path, output_file, threshold)
                     report["detections"][path] = found
-                    message = f"{len(found)} detections -> {output_file}"
+                    message = f"{_count(len(found))} -> {output_file}"
                 progress.write(f"[{index}/{len(paths)}] {path}: {message}")
             except DataError as error:
                 progress.write(f"[{index}/{len(paths)}] skipped: {error}")
@@ -169,14 +175,19 @@ def predict(detector: Detector, input_path: str, output: str, threshold: float) 
             json.dump(report, f, indent=2)
     if len(report["skipped"]) == len(paths):
         raise UserError(f"none of the {len(paths)} inputs could be read (see above)")
+    print(f"wrote {os.path.join(output, 'detections.json')}", flush=True)
     return report
+
+
+def _count(detections: int) -> str:
+    return f"{detections} detection{'' if detections == 1 else 's'}"
 
 
 def main(argv: list[str]) -> None:
     del argv
     if not 0 <= FLAGS.score_threshold <= 1:
         raise UserError(f"--score_threshold {FLAGS.score_threshold}: a probability, in [0, 1]")
-    list_inputs(FLAGS.input)  # an empty folder is an error before the model loads
+    list_inputs(FLAGS.input)  # no input is an error before the model loads
     detector = load_detector(FLAGS.checkpoint, FLAGS.step)
     predict(detector, FLAGS.input, FLAGS.output, FLAGS.score_threshold)
 

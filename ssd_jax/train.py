@@ -1,8 +1,11 @@
-"""Trains SSD: ``python -m ssd_jax.train --config configs/ssd300_voc.py --workdir DIR``.
+"""Trains SSD.
 
-Overrides: ``--config.batch_size=16 --config.model.batch_norm=True`` (unknown keys
+    python -m ssd_jax.train --config configs/shapes.py --workdir runs/shapes
+    python -m ssd_jax.train --config configs/ssd300_voc.py --workdir runs/voc --config.batch_size=16
+
+Any configuration key can be overridden as ``--config.key=value`` (unknown keys
 fail). Rerunning the same command on the same workdir resumes from its last
-checkpoint. See :func:`train_and_evaluate` for what lands in the workdir.
+checkpoint. What lands in the workdir: see ``train_and_evaluate``.
 """
 
 import contextlib

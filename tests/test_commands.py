@@ -69,7 +69,8 @@ def run(*args, cwd=ROOT):
 @pytest.mark.parametrize("command", ["evaluate", "predict", "export"])
 def test_a_wrong_checkpoint_path_is_one_line_and_creates_nothing(tmp_path, command):
     mistyped = tmp_path / "runs" / "shapse"
-    extra = ["--input", str(FIXTURE / "README.md")] if command == "predict" else []
+    extra = ["--input", os.path.join(ROOT, "docs", "quickstart_examples.jpg")]
+    extra = extra if command == "predict" else []
     result = run("-m", f"ssd_jax.{command}", "--checkpoint", str(mistyped), *extra,
                  "--output", str(tmp_path / "out"))  # fmt: skip
     assert result.returncode == 1
@@ -94,6 +95,8 @@ def test_a_wrong_checkpoint_path_is_one_line_and_creates_nothing(tmp_path, comma
          "a --config.* override names a key the configuration does not have: 'score_treshold' "
          "(did you mean 'score_threshold'?)"),
         ("predict", ["--input", "{tmp}/empty"], "{tmp}/empty holds no image or video"),
+        ("predict", ["--input", "{tmp}/nope.png"], "--input {tmp}/nope.png does not exist"),
+        ("predict", ["--input", "{tmp}/file"], "--input {tmp}/file is not an image or video"),
         ("predict", ["--input", "{tmp}/file", "--score_threshold", "50"],
          "--score_threshold 50.0: a probability, in [0, 1]"),
     ],
