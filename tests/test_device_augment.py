@@ -267,12 +267,11 @@ def test_boxes_follow_the_pixels():
 def test_batch_images_depend_only_on_key_and_index_also_sharded():
     """Image b of a batch uses fold_in(key, b): the same on one device and split
     over eight (pixels within one level: the two compilations may round a float32
-    value near .5 differently), and another step's key gives other images."""
+    value near .5 differently); the same image at two indices, or at another step,
+    is augmented differently."""
+    pictures = [smooth_image(60 + 5 * i, 100, i) for i in range(7)]
     images, hws, boxes, labels, masks = zip(
-        *[
-            decoded(smooth_image(60 + 5 * i, 100, i), EXAMPLE_BOXES, EXAMPLE_LABELS)
-            for i in range(8)
-        ]
+        *[decoded(p, EXAMPLE_BOXES, EXAMPLE_LABELS) for p in [pictures[0], *pictures]]
     )
     batch = {
         "image": np.stack(images),
@@ -291,11 +290,10 @@ def test_batch_images_depend_only_on_key_and_index_also_sharded():
     np.testing.assert_allclose(np.asarray(eight["boxes"]), np.asarray(one["boxes"]), atol=1e-6)
     difference = np.abs(np.asarray(eight["image"], int) - np.asarray(one["image"], int))
     assert difference.max() <= 1
-    single = {k: v[2:3] for k, v in batch.items()}
-    alone = da.augment_batch(jax.random.fold_in(jax.random.key(0), 3), single, SIZE, (0, 0, 0))
-    assert not np.array_equal(np.asarray(alone["image"][0]), np.asarray(one["image"][0]))
-    other_step = step(jnp.int32(4), batch)
-    assert not np.array_equal(np.asarray(other_step["image"]), np.asarray(one["image"]))
+    first, second = np.asarray(one["image"][0]), np.asarray(one["image"][1])  # same picture
+    assert np.abs(first.astype(int) - second).mean() > 5
+    other_step = np.asarray(step(jnp.int32(4), batch)["image"][0])
+    assert np.abs(first.astype(int) - other_step).mean() > 5
 
 
 def test_decode_transform_fits_pads_and_keeps_targets():
@@ -325,27 +323,24 @@ def tiny_device_config():
     config = load_config_file(os.path.join(ROOT, "configs", "tiny.py"))
     config.data.augment_on = "device"
     config.data.decode_max_side = 128
-    config.num_steps, config.checkpoint_every, config.eval_every = 4, 2, 0
+    config.num_steps, config.checkpoint_every, config.eval_every = 3, 1, 0
     return config
 
 
 def test_device_augmentation_trains_and_resumes_exactly(tmp_path):
-    """A run with augmentation on the device, interrupted after step 2 and
+    """A run with augmentation on the device, interrupted after step 1 and
     resumed, ends bitwise where the uninterrupted run ends (the keys come from the
-    step); and its batches differ from the host path's."""
+    step). (Without the augmentation the 128x128 decoded images would not fit the
+    300x300 network's default boxes: the step would fail.)"""
     config = tiny_device_config()
     assert build.augment_on(config.data) == "device"
     straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
-    config.num_steps = 2
+    config.num_steps = 1
     train.train_and_evaluate(config, str(tmp_path / "resumed"))
-    config.num_steps = 4
+    config.num_steps = 3
     resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
     for a, b in zip(jax.tree.leaves(straight["params"]), jax.tree.leaves(resumed["params"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    config.data.augment_on = "host"
-    host = train.train_and_evaluate(config, str(tmp_path / "host"))
-    leaves = zip(jax.tree.leaves(straight["params"]), jax.tree.leaves(host["params"]))
-    assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in leaves)
 
 
 def test_augment_on_is_validated_and_auto_picks_the_host_on_cpu():
