@@ -105,7 +105,8 @@ def main(argv: list[str]) -> None:
     host_batch = synthetic_batch(FLAGS.batch_size, image_size, config.data.max_boxes)
     batch = parallel.shard_batch(host_batch, mesh)
     decoded = parallel.shard_batch(decoded_batch(host_batch, FLAGS.max_side), mesh)
-    config.data.augment_on, config.data.decode_max_side = "device", FLAGS.max_side
+    config.data.augment, config.data.augment_on = True, "device"
+    config.data.decode_max_side = FLAGS.max_side
     augment = build.device_augmentation(config)
     schedule = optim.step_schedule(1e-3, 1, (), 0.1)
     optimizer = optim.make_optimizer("sgd", schedule)
