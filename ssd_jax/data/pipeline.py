@@ -125,6 +125,16 @@ class UnreadableImages:
         return [name(index) for index in sorted(self.indices)]
 
 
+def _training_ids(example: dict) -> dict:
+    """What a training batch carries of an example besides its pixels and targets:
+    ``image_id`` and the unreadable examples it replaced (:class:`_ReadableSource`)."""
+    return {
+        "image_id": np.int64(example["image_id"]),
+        "num_unreadable": np.int32(example.get("num_unreadable", 0)),
+        "unreadable_index": np.int64(example.get("unreadable_index", -1)),
+    }
+
+
 class TrainTransform(grain.transforms.RandomMap):
     """Augments one example (:func:`ssd_jax.data.augment.train_augment`) and pads it."""
 
@@ -153,9 +163,7 @@ class TrainTransform(grain.transforms.RandomMap):
         return {
             "image": augmented["image"],
             **pad_objects(augmented["boxes"], augmented["labels"], self.max_boxes),
-            "image_id": np.int64(augmented["image_id"]),
-            "num_unreadable": np.int32(example.get("num_unreadable", 0)),
-            "unreadable_index": np.int64(example.get("unreadable_index", -1)),
+            **_training_ids(example),
         }
 
 
@@ -183,9 +191,7 @@ class DecodeTransform(grain.transforms.Map):
             "image": padded,
             "image_hw": np.array([height, width], np.int32),
             **pad_objects(boxes, labels, self.max_boxes),
-            "image_id": np.int64(example["image_id"]),
-            "num_unreadable": np.int32(example.get("num_unreadable", 0)),
-            "unreadable_index": np.int64(example.get("unreadable_index", -1)),
+            **_training_ids(example),
         }
 
 
