@@ -88,7 +88,10 @@ def _initial_state(config, checkpoints, state: steps.TrainState, iterator, meta:
     if config.init.checkpoint:
         variables = {part: state[part] for part in checkpoint.VARIABLE_PARTS}
         location = checkpoint.locate(config.init.checkpoint)
-        state = {**state, **checkpoint.restore_variables(location, variables, strict=False)}
+        sharding = jax.tree.map(lambda x: x.sharding, variables)
+        restored = checkpoint.restore_variables(location, variables, strict=False)
+        # read whole on every process: host copies are placed without cross-host transfers
+        state = {**state, **jax.device_put(jax.device_get(restored), sharding)}
     return state
 
 
@@ -128,7 +131,12 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
         checkpoints = checkpoint.TrainingCheckpoints(workdir, config.keep_checkpoints)
         opened.callback(checkpoints.close)
         meta = checkpoint.meta_for(config, config.data.class_names, workdir)
-        state = steps.init_train_state(variables, optimizer)
+        # Placed before anything is restored: a checkpoint is read straight into the
+        # mesh's sharding (placing restored arrays afterwards would be a cross-host
+        # transfer in a multi-process run, which the CPU and GPU backends refuse).
+        state = jax.device_put(
+            steps.init_train_state(variables, optimizer), parallel.replicated(mesh)
+        )
         state = _initial_state(config, checkpoints, state, iterator, meta)
         start_step = int(jax.device_get(state["step"]))
         if start_step:  # resumed: go on with the rollbacks so far (and their rate)
@@ -136,7 +144,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
         run = Run(
             config=config,
             mesh=mesh,
-            state=jax.device_put(state, parallel.replicated(mesh)),
+            state=state,
             train_step=jax.jit(train_step, donate_argnums=0),
             iterator=iterator,
             checkpoints=checkpoints,
@@ -315,8 +323,7 @@ def _roll_back(run: Run, error: NonFiniteLossError) -> int:
     lowers the learning rate (re-raises ``error`` when rollback is off or used up);
     returns the step restored."""
     restored = run.rollbacks.record(error)
-    state = run.checkpoints.restore(restored, run.state, run.iterator)
-    run.state = jax.device_put(state, parallel.replicated(run.mesh))
+    run.state = run.checkpoints.restore(restored, run.state, run.iterator)  # in its sharding
     for _ in range(error.step - restored):  # the batches that led to the bad state
         run.unreadable.add(next(run.iterator))
     if run.writer:
