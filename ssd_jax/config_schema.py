@@ -20,6 +20,7 @@ from ssd_jax.errors import UserError
 ARCHITECTURES = ("ssd300", "ssd512")
 AUGMENT_PLACES = ("auto", "host", "device")
 DATA_KINDS = ("voc", "coco", "tfds", "synthetic")
+ON_TRAIN_CHANGE = ("refuse", "restart_epoch")
 
 
 def data_config(kind: str = "voc") -> ml_collections.ConfigDict:
@@ -77,6 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.max_boxes = 100
     config.data.num_workers = 4
     config.data.max_unreadable_images = 100  # training stops past this many (distinct)
+    # a resume whose training split has other example ids than the checkpoint's:
+    # "refuse" (naming the change) or "restart_epoch" (a new pass over the new list)
+    config.data.on_train_change = "refuse"
     config.data.mean = IMAGENET_MEAN_RGB  # input normalization, 0-255 RGB
     config.data.std = IMAGENET_STD_RGB
 
@@ -116,6 +120,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval_batches = 0  # 0 = the whole eval split
     config.eval_metric = "voc"  # "voc" (VOC07 11-point and all-point mAP) or "coco"
     config.distributed = False  # call jax.distributed.initialize() (multi-host)
+    # multi-process: a process that sends JAX's coordination service no heartbeat for
+    # this long is taken for lost, and the others stop (see ssd_jax.supervisor)
+    config.heartbeat_timeout_s = 100
 
     # a NaN or infinite loss, gradient or parameter: "stop" (naming the last good
     # checkpoint) or "rollback" (back to it, past the batches up to the bad step, at
@@ -159,6 +166,9 @@ def _rules(config: ml_collections.ConfigDict) -> list[tuple[str, bool, str]]:
         ("data.decode_max_side", config.data.decode_max_side >= 16, "at least 16"),
         ("data.num_workers", config.data.num_workers >= 0, "0 (in process) or more"),
         ("data.max_unreadable_images", config.data.max_unreadable_images >= 0, "0 or more"),
+        ("data.on_train_change", config.data.on_train_change in ON_TRAIN_CHANGE,
+         str(ON_TRAIN_CHANGE)),
+        ("heartbeat_timeout_s", config.heartbeat_timeout_s >= 1, "at least 1"),
         ("optimizer.name", opt.name in ("sgd", "adam"), "'sgd' or 'adam'"),
         ("optimizer.learning_rate", opt.learning_rate > 0, "positive"),
         ("optimizer.warmup_steps", opt.warmup_steps >= 0, "0 or more"),

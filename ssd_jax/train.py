@@ -12,9 +12,7 @@ import contextlib
 import dataclasses
 import math
 import os
-import signal
 import sys
-import time
 from collections.abc import Callable
 
 import jax
@@ -22,11 +20,13 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from ssd_jax import build, checkpoint, config_schema, parallel, steps
+from ssd_jax import build, checkpoint, config_schema, parallel, preemption, steps, supervisor
+from ssd_jax.checkpoint.lock import WorkdirLock, lock_run_directory
 from ssd_jax.data import pipeline
 from ssd_jax.divergence import NonFiniteLossError, Rollbacks, all_finite
 from ssd_jax.evaluation import scoring
 from ssd_jax.evaluator import Evaluator, make_evaluator
+from ssd_jax.log_window import LogWindow
 from ssd_jax.metrics_writer import MetricsWriter, plot_learning_curve
 from ssd_jax.progress import Progress
 
@@ -45,15 +45,22 @@ class Run:
     iterator: object  # Grain iterator of training batches (state saved with checkpoints)
     checkpoints: checkpoint.TrainingCheckpoints
     meta: dict
+    train_ids: list[str]  # the training examples' ids in order (saved with checkpoints)
     evaluator: Evaluator | None
     writer: MetricsWriter | None  # process 0 only
     unreadable: pipeline.UnreadableImages
     rollbacks: Rollbacks
+    stop: preemption.StopRequests
+    lock: WorkdirLock | None  # process 0's
 
     def close(self) -> None:
-        """Completes a checkpoint being written, stops Grain's worker processes and
-        closes the metrics files (each step runs even if an earlier one fails)."""
+        """Completes a checkpoint being written, stops Grain's worker processes,
+        closes the metrics files and frees the run directory (each step runs even
+        if an earlier one fails)."""
         with contextlib.ExitStack() as stack:
+            if self.lock:
+                stack.callback(self.lock.release)
+            stack.callback(self.stop.close)
             if self.writer:
                 stack.callback(self.writer.close)
             if hasattr(self.iterator, "close"):
@@ -78,11 +85,13 @@ def resolve_config(
     return config
 
 
-def _initial_state(config, checkpoints, state: steps.TrainState, iterator, meta: dict):
+def _initial_state(config, checkpoints, state: steps.TrainState, iterator, meta, train_ids):
     """The newest intact checkpoint of this run (if it is a run of this
-    configuration), else ``init.checkpoint``'s weights (heads of another class
-    count stay fresh), else ``state`` as it is."""
-    resumed = checkpoints.resume(state, iterator, meta)
+    configuration and training data), else ``init.checkpoint``'s weights (heads of
+    another class count stay fresh), else ``state`` as it is."""
+    resumed = checkpoints.resume(
+        state, iterator, meta, train_ids, on_train_change=config.data.on_train_change
+    )
     if resumed is not None:
         return resumed
     if config.init.checkpoint:
@@ -97,17 +106,30 @@ def _initial_state(config, checkpoints, state: steps.TrainState, iterator, meta:
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Builds the run of ``config`` in ``workdir``: data, model, state (resumed,
-    fine-tuned or fresh), the jitted train step, checkpoints, evaluator, metrics."""
+    fine-tuned or fresh), the jitted train step, checkpoints, evaluator, metrics.
+    The run holds ``workdir`` (:class:`WorkdirInUseError` if another live run does)
+    until :meth:`Run.close`."""
     config_schema.validate(config)
     workdir = os.path.abspath(workdir)
     if config.distributed and not jax.distributed.is_initialized():
-        jax.distributed.initialize()  # finds the cluster (SLURM, TPU pod, ...) by itself
+        # finds the cluster (SLURM, TPU pod, ...) by itself
+        jax.distributed.initialize(heartbeat_timeout_seconds=math.ceil(config.heartbeat_timeout_s))
     if config.batch_size % jax.device_count():
         raise config_schema.ConfigError(
             f"batch_size = {config.batch_size}: must be a multiple of the {jax.device_count()} "
             "devices"
         )
     mesh = parallel.make_data_mesh()
+    lock = lock_run_directory(workdir)
+    with contextlib.ExitStack() as opened:  # released here if the setup fails past this
+        if lock:  # a failed setup leaves no run directory it created
+            opened.callback(lock.release, tidy=True)
+        return _setup_locked(config, workdir, mesh, lock, opened)
+
+
+def _setup_locked(config, workdir: str, mesh, lock, opened: contextlib.ExitStack) -> Run:
+    """The rest of :func:`setup`, once the run directory is this run's; what it
+    opens is closed through ``opened`` if it fails."""
     class_names = tuple(config.data.class_names) if config.data.class_names else None
     train_source = build.source(config.data.train, class_names)
     if jax.process_index() == 0:  # every process reads the same annotations: one report
@@ -122,39 +144,41 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     settings, augment = build.step_settings(config), build.device_augmentation(config)
     train_step = steps.make_train_step(graphdef, optimizer, schedule, settings, augment)
     evaluator = make_evaluator(config, graphdef, mesh) if config.eval_every else None
-    with contextlib.ExitStack() as opened:  # released here if the setup fails past this
-        iterator = pipeline.make_iterator(
-            _train_dataset(config, train_source), num_workers=config.data.num_workers
-        )
-        if hasattr(iterator, "close"):
-            opened.callback(iterator.close)
-        checkpoints = checkpoint.TrainingCheckpoints(workdir, config.keep_checkpoints)
-        opened.callback(checkpoints.close)
-        meta = checkpoint.meta_for(config, config.data.class_names, workdir)
-        # Placed before anything is restored: a checkpoint is read straight into the
-        # mesh's sharding (placing restored arrays afterwards would be a cross-host
-        # transfer in a multi-process run, which the CPU and GPU backends refuse).
-        state = jax.device_put(
-            steps.init_train_state(variables, optimizer), parallel.replicated(mesh)
-        )
-        state = _initial_state(config, checkpoints, state, iterator, meta)
-        start_step = int(jax.device_get(state["step"]))
-        if start_step:  # resumed: go on with the rollbacks so far (and their rate)
-            meta["rollbacks"] = checkpoints.read_meta(start_step).get("rollbacks", [])
-        run = Run(
-            config=config,
-            mesh=mesh,
-            state=state,
-            train_step=jax.jit(train_step, donate_argnums=0),
-            iterator=iterator,
-            checkpoints=checkpoints,
-            meta=meta,
-            evaluator=evaluator,
-            writer=MetricsWriter(workdir, start_step) if jax.process_index() == 0 else None,
-            unreadable=pipeline.UnreadableImages(train_source, config.data.max_unreadable_images),
-            rollbacks=Rollbacks(config, meta),
-        )
-        opened.pop_all()  # the run owns them now: Run.close releases them
+    iterator = pipeline.make_iterator(
+        _train_dataset(config, train_source), num_workers=config.data.num_workers
+    )
+    if hasattr(iterator, "close"):
+        opened.callback(iterator.close)
+    checkpoints = checkpoint.TrainingCheckpoints(workdir, config.keep_checkpoints)
+    opened.callback(checkpoints.close)
+    meta = checkpoint.meta_for(config, config.data.class_names, workdir)
+    train_ids = train_source.example_ids()
+    meta["train_data"] = checkpoint.train_data_fingerprint(train_ids)
+    # Placed before anything is restored: a checkpoint is read straight into the
+    # mesh's sharding (placing restored arrays afterwards would be a cross-host
+    # transfer in a multi-process run, which the CPU and GPU backends refuse).
+    state = jax.device_put(steps.init_train_state(variables, optimizer), parallel.replicated(mesh))
+    state = _initial_state(config, checkpoints, state, iterator, meta, train_ids)
+    start_step = int(jax.device_get(state["step"]))
+    stop = preemption.StopRequests()
+    opened.callback(stop.close)
+    run = Run(
+        config=config,
+        mesh=mesh,
+        state=state,
+        train_step=jax.jit(train_step, donate_argnums=0),
+        iterator=iterator,
+        checkpoints=checkpoints,
+        meta=meta,
+        train_ids=train_ids,
+        evaluator=evaluator,
+        writer=MetricsWriter(workdir, start_step) if jax.process_index() == 0 else None,
+        unreadable=pipeline.UnreadableImages(train_source, config.data.max_unreadable_images),
+        rollbacks=Rollbacks(config, meta),
+        stop=stop,
+        lock=lock,
+    )
+    opened.pop_all()  # the run owns them now: Run.close releases them
     return run
 
 
@@ -176,48 +200,6 @@ def _train_dataset(config: ml_collections.ConfigDict, source):
     )
 
 
-class LogWindow:
-    """The metrics of the steps since the last log line. They stay on the device
-    until :meth:`check_finite` or :meth:`summary` reads them, the loop's only host
-    synchronizations (every ``log_every`` steps and before each checkpoint)."""
-
-    def __init__(self):
-        self.pending: list[tuple[int, dict]] = []  # (step, metrics)
-        self.truncated = 0  # objects beyond data.max_boxes dropped from these images
-        self.unreadable = 0  # images that could not be read (replaced by readable ones)
-        self.start = time.time()
-
-    def add(self, step: int, metrics: dict, batch: dict) -> None:
-        self.pending.append((step, metrics))
-        self.truncated += int(batch["num_truncated"].sum())
-        self.unreadable += int(batch["num_unreadable"].sum())
-
-    def check_finite(self, last_checkpoint: int | None) -> None:
-        """Raises :class:`NonFiniteLossError` if a step of the window had a NaN or
-        infinite loss or gradient norm."""
-        for step, record in jax.device_get(self.pending):
-            if not (math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])):
-                raise NonFiniteLossError(
-                    f"loss is {record['loss']} (loc {record['loc']}, conf {record['conf']}, "
-                    f"gradient norm {record['grad_norm']}) at step {step}",
-                    step,
-                    last_checkpoint,
-                )
-
-    def summary(self, batch_size: int, last_checkpoint: int | None) -> dict:
-        """Means over the window, learning rate, images/s; starts a new window.
-        Raises :class:`NonFiniteLossError` as :meth:`check_finite` does."""
-        self.check_finite(last_checkpoint)
-        history = [record for _, record in jax.device_get(self.pending)]
-        summary = {key: float(np.mean([r[key] for r in history])) for key in history[-1]}
-        summary["learning_rate"] = float(history[-1]["learning_rate"])
-        summary["images_per_s"] = len(history) * batch_size / (time.time() - self.start)
-        summary["truncated_objects"] = self.truncated
-        summary["unreadable_images"] = self.unreadable
-        self.__init__()
-        return summary
-
-
 def _save(run: Run, step: int, window: LogWindow, last_checkpoint: int | None) -> None:
     """Saves the run at ``step`` unless a step since the last check was not finite
     or the variables are not: a checkpoint never holds a diverged state."""
@@ -227,7 +209,7 @@ def _save(run: Run, step: int, window: LogWindow, last_checkpoint: int | None) -
         raise NonFiniteLossError(
             f"the parameters are not finite after step {step}", step, last_checkpoint
         )
-    run.checkpoints.save(step, run.state, run.iterator, run.meta)
+    run.checkpoints.save(step, run.state, run.iterator, run.meta, run.train_ids)
 
 
 def _progress(start_step: int, num_steps: int, log_every: int) -> Progress:
@@ -267,7 +249,9 @@ def train(run: Run) -> steps.TrainState:
     """The training loop, from the run's current step to ``num_steps``: a log line
     every ``log_every`` steps, a checkpoint every ``checkpoint_every``, an
     evaluation every ``eval_every`` (and all three at the last step). A non-finite
-    state stops it, or rolls it back (:mod:`ssd_jax.divergence`)."""
+    state stops it, or rolls it back (:mod:`ssd_jax.divergence`). A stop request
+    (SIGTERM, :mod:`ssd_jax.preemption`) ends it after the current step, which is
+    logged and saved (every process stops after the same step)."""
     config = run.config
     step = int(jax.device_get(run.state["step"]))
     if step >= config.num_steps:
@@ -285,12 +269,20 @@ def train(run: Run) -> steps.TrainState:
             np.float32(run.rollbacks.learning_rate_scale),
         )
         window.add(step, metrics, batch)
+        stopping = run.stop.reached(step)
         try:
-            last_checkpoint = _log_save_evaluate(run, step, window, last_checkpoint, progress)
+            last_checkpoint = _log_save_evaluate(
+                run, step, window, last_checkpoint, progress, stopping
+            )
         except NonFiniteLossError as error:
             step = _roll_back(run, error)
             progress.close()
             window, progress = LogWindow(), _progress(step, config.num_steps, config.log_every)
+        if stopping and step < config.num_steps:
+            progress.close()
+            print(f"stopped after step {step} on request (SIGTERM) with checkpoint step "
+                  f"{last_checkpoint}: rerun the same command to go on", flush=True)  # fmt: skip
+            return run.state
     progress.close()
     if run.unreadable.indices:
         count, names = len(run.unreadable.indices), run.unreadable.names()
@@ -300,18 +292,27 @@ def train(run: Run) -> steps.TrainState:
 
 
 def _log_save_evaluate(
-    run: Run, step: int, window: LogWindow, last_checkpoint: int | None, progress: Progress
+    run: Run,
+    step: int,
+    window: LogWindow,
+    last_checkpoint: int | None,
+    progress: Progress,
+    stopping: bool = False,
 ) -> int | None:
-    """What is due after ``step``; returns the newest checkpoint's step."""
+    """What is due after ``step`` (when ``stopping``: a log line and a checkpoint,
+    no evaluation); returns the newest checkpoint's step."""
     config, last = run.config, step == run.config.num_steps
-    if step % config.log_every == 0 or last:
+    if step % config.log_every == 0 or last or stopping:
         summary = window.summary(config.batch_size, last_checkpoint)
+        run.checkpoints.check()  # a write that failed in the background stops the run
         if run.writer:
             run.writer.write(step, summary)
             progress.update(step - progress.done, _values(summary))
-    if step % config.checkpoint_every == 0 or last:
+    if step % config.checkpoint_every == 0 or last or stopping:
         _save(run, step, window, last_checkpoint)
         last_checkpoint = step
+    if stopping and not last:
+        return last_checkpoint
     if run.evaluator and (step % config.eval_every == 0 or last):
         window.check_finite(last_checkpoint)
         _evaluate(run, step, progress)
@@ -359,23 +360,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     return state
 
 
-def _exit_cleanly_on_sigterm() -> None:
-    """SIGTERM (``kill``, schedulers, preemption) unwinds the stack like Ctrl-C
-    instead of ending the process on the spot, so ``train_and_evaluate``'s cleanup
-    runs: its checkpoint write completes and Grain's worker processes stop."""
-
-    def stop(signum: int, frame) -> None:
-        del frame
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    _exit_cleanly_on_sigterm()
-    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+    if not config.distributed:
+        preemption.exit_on_sigterm()
+        train_and_evaluate(config, workdir)
+    elif not supervisor.supervised():  # the training runs in a child: see ssd_jax.supervisor
+        sys.exit(supervisor.run(sys.argv, workdir, config.heartbeat_timeout_s))
+    else:
+        with supervisor.leave_on_error(config.heartbeat_timeout_s):
+            train_and_evaluate(config, workdir)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import numpy as np
 import psutil
 import pytest
 
-from ssd_jax import optim, train
+from ssd_jax import checkpoint, optim, train
 from ssd_jax.config_schema import load_config_file
 from ssd_jax.data.synthetic import SHAPE_NAMES, SyntheticShapes, write_coco, write_voc
 from ssd_jax.metrics_writer import read_metrics
@@ -120,9 +121,10 @@ def test_resumed_run_reaches_the_same_parameters_and_writes_outputs(tmp_path, ca
 
 
 @pytest.mark.slow
-def test_sigterm_stops_training_and_its_grain_workers(tmp_path):
+def test_sigterm_stops_training_after_a_saved_step_and_its_grain_workers(tmp_path):
     # Found in use: a training run stopped with `kill` left its Grain worker
-    # processes running. SIGTERM must unwind through train_and_evaluate's cleanup.
+    # processes running. SIGTERM (a scheduler's preemption notice) ends the step in
+    # progress, saves it and unwinds through train_and_evaluate's cleanup.
     command = [sys.executable, "-m", "ssd_jax.train", "--config", "configs/tiny.py",
                "--config.data.num_workers=1", "--config.num_steps=100000",
                "--config.log_every=1", "--config.eval_every=0",
@@ -143,7 +145,13 @@ def test_sigterm_stops_training_and_its_grain_workers(tmp_path):
         output = process.communicate(timeout=120)[0]
     finally:
         process.kill()
-    assert process.returncode == 128 + signal.SIGTERM, output
+    assert process.returncode == 0, output
+    stopped = re.search(r"stopped after step (\d+) on request \(SIGTERM\) with checkpoint step "
+                        r"(\d+): rerun the same command to go on", output)  # fmt: skip
+    assert stopped and stopped.group(1) == stopped.group(2), output
+    step = int(stopped.group(1))
+    assert checkpoint.finished_steps(str(tmp_path / "checkpoints")) == [step]
+    assert [r["step"] for r in read_metrics(str(metrics))][-1] == step  # logged once
     _, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, [p.cmdline() for p in alive]
 

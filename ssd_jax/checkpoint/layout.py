@@ -1,8 +1,10 @@
 """Where checkpoints live and what describes them: the run directory's layout,
 finding a checkpoint (:func:`locate`) and its ``meta`` item."""
 
+import hashlib
 import json
 import os
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import ml_collections
@@ -14,6 +16,7 @@ from ssd_jax.errors import UserError
 
 CHECKPOINTS = "checkpoints"  # the folder of a run directory
 STATE, META, DATA = "state", "meta", "data"  # the items of a step
+TRAIN_IDS = "train_ids"  # the training examples' ids, in order (training runs only)
 VARIABLE_PARTS = ("params", "batch_stats")
 
 
@@ -96,6 +99,31 @@ def meta_for(config: ml_collections.ConfigDict, class_names: tuple[str, ...], wo
         "std": list(config.data.std),
         "workdir": workdir,
     }
+
+
+def train_data_fingerprint(example_ids: Sequence[str]) -> dict:
+    """``{"count", "sha256"}`` of the training split's example ids in order: what
+    the ``meta`` records of the data a run was trained on."""
+    digest = hashlib.sha256("\n".join(example_ids).encode()).hexdigest()
+    return {"count": len(example_ids), "sha256": digest}
+
+
+def train_data_change(saved: Sequence[str], now: Sequence[str], shown: int = 3) -> str:
+    """What differs between two lists of example ids, in words: counts, ids added
+    and removed (the first ``shown`` of each), or the same ids in another order."""
+    before, after = set(saved), set(now)
+    added = [i for i in now if i not in before]
+    removed = [i for i in saved if i not in after]
+
+    def listed(what: str, ids: list[str]) -> str:
+        more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+        return f"{len(ids)} {what} ({', '.join(map(repr, ids[:shown]))}{more})"
+
+    changes = [listed(what, ids) for what, ids in (("added", added), ("removed", removed)) if ids]
+    counts = f"{len(saved)} -> {len(now)} images"
+    if not changes:
+        return f"{counts}, the same ids in another order"
+    return f"{counts}, " + ", ".join(changes)
 
 
 # What a resumed run must share with the run it continues: meta keys, or

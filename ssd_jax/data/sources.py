@@ -2,9 +2,10 @@
 prepared TFDS datasets read without TensorFlow.
 
 Every source has ``len()``, ``source[i]`` -> an example (see
-:mod:`ssd_jax.data.example`), ``class_names`` (label k is ``class_names[k - 1]``)
-and ``skipped`` (a :class:`~ssd_jax.data.example.SkipCounter`), so it plugs into
-Grain as a ``RandomAccessDataSource``.
+:mod:`ssd_jax.data.example`), ``class_names`` (label k is ``class_names[k - 1]``),
+``skipped`` (a :class:`~ssd_jax.data.example.SkipCounter`) and ``example_ids()``
+(what names each example, in order: a checkpoint records them so that a resume
+notices a changed dataset), so it plugs into Grain as a ``RandomAccessDataSource``.
 """
 
 import collections
@@ -41,6 +42,10 @@ class _AnnotatedImages:
 
     def image_file(self, index: int) -> str:
         return self._records[index]["image_file"]
+
+    def example_ids(self) -> list[str]:
+        """Each example's name, in order (see the module docstring)."""
+        return [record["name"] for record in self._records]
 
     def __getitem__(self, index: int) -> dict:
         record = self._records[index]
@@ -85,7 +90,10 @@ class VocSource(_AnnotatedImages):
                 raise DataError(f"split list not found: {list_file}")
             with open(list_file) as f:
                 names = [line.split()[0] for line in f if line.strip()]
-            self._records += [self._parse(root, name, label_of) for name in names]
+            folder = os.path.basename(os.path.normpath(root))
+            for name in names:
+                record = self._parse(root, name, label_of)
+                self._records.append({**record, "name": f"{folder}/{name}"})
         for index, record in enumerate(self._records):
             record["image_id"] = index  # position in the concatenated splits
         _check_images_exist(self._records)
@@ -223,6 +231,7 @@ class CocoSource(_AnnotatedImages):
             self._records.append({
                 "image_file": os.path.join(image_dir, file_name),
                 "image_id": image_id,
+                "name": f"{image_id}:{file_name}",
                 "boxes": boxes[keep],
                 "labels": np.array(
                     [label_of_category[a["category_id"]] for a in annotations], np.int32
@@ -302,7 +311,7 @@ class TfdsSource:
             raise ValueError(f"TfdsSource reads voc/2007, voc/2012 or coco/2017, not {name!r}")
         data_dir = os.path.expanduser(data_dir or "~/tensorflow_datasets")
         builder = tfds.builder_from_directory(_latest_version_dir(data_dir, name))
-        self.name, self.split = name, split
+        self.name, self.split, self.version = name, split, str(builder.version)
         self._is_coco = name.startswith("coco/")
         self._source = builder.as_data_source(split=split)
         # TFDS orders labels as our lists do (VOC alphabetically, COCO by category id).
@@ -327,6 +336,12 @@ class TfdsSource:
 
     def __len__(self) -> int:
         return len(self._source)
+
+    def example_ids(self) -> list[str]:
+        """The dataset, version, split and position of each example: a prepared TFDS
+        version holds the same examples in the same order (reading the records'
+        own ids would decode every image)."""
+        return [f"{self.name}:{self.version}:{self.split}/{index}" for index in range(len(self))]
 
     def __getitem__(self, index: int) -> dict:
         record = self._source[index]

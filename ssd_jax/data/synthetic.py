@@ -122,6 +122,10 @@ class SyntheticShapes:
         self.size_range = (min_size, max_size)
         self.skipped = SkipCounter()  # nothing is ever skipped; kept for the source interface
 
+    def example_ids(self) -> list[str]:
+        """The position of each image (the seed, in the configuration, fixes the rest)."""
+        return [str(index) for index in range(self.num_images)]
+
     def __len__(self) -> int:
         return self.num_images
 
