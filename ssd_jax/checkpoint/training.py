@@ -7,6 +7,7 @@ import glob
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Sequence
 
@@ -43,6 +44,18 @@ class CheckpointWriteError(CheckpointError):
 
 def _megabytes(count: int) -> str:
     return f"{count / 1e6:.1f} MB"
+
+
+def _cause(error: Exception) -> str:
+    """Why a write failed, shortly: the system's error when there is one (Python's
+    or TensorStore's, which ends its long message with it), else the first line."""
+    code = getattr(error, "errno", None)
+    found = re.search(r"os_error_code='(\d+)'", str(error))
+    if code is None and found:
+        code = int(found.group(1))
+    if code:
+        return f"{os.strerror(code)}, errno {code}"
+    return f"{type(error).__name__}: " + (str(error).strip().splitlines() or [""])[0][:300]
 
 
 def _check_shapes(location: Location, state: TrainState) -> None:
@@ -114,7 +127,7 @@ class TrainingCheckpoints:
         (another optimizer or network)."""
         import grain  # here: inference reads checkpoints without loading Grain
 
-        self._finish()  # a rollback may restore the step being written
+        self.wait()  # a rollback may restore the step being written
         location = self.location(step)
         _check_shapes(location, state)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
@@ -241,27 +254,38 @@ class TrainingCheckpoints:
         if it or the write before it fails."""
         import grain  # here: inference reads checkpoints without loading Grain
 
-        self._finish()
+        self.wait()
         items = {
             STATE: ocp.args.StandardSave(state),
             DATA: grain.checkpoint.CheckpointSave(iterator),
             META: ocp.args.JsonSave(meta),
             TRAIN_IDS: ocp.args.JsonSave({"ids": list(train_ids)}),
         }
-        size = sum(x.nbytes for x in jax.tree.leaves(state))
+        size = self._step_bytes() or sum(x.nbytes for x in jax.tree.leaves(state))
         try:
             self._manager.save(step, args=ocp.args.Composite(**items))
+        except jax.errors.JaxRuntimeError:
+            raise  # a collective between the processes failed: not the writing
         except Exception as error:
             raise self._write_error(step, size, error) from error
         self._writing = (step, size)
+
+    def _step_bytes(self) -> int:
+        """The bytes on disk of the newest finished step (0: none yet)."""
+        steps = finished_steps(self.directory)
+        if not steps:
+            return 0
+        folders = os.walk(os.path.join(self.directory, str(steps[-1])))
+        return sum(os.path.getsize(os.path.join(path, name)) for path, _, names in folders
+                   for name in names)  # fmt: skip
 
     def check(self) -> None:
         """:class:`CheckpointWriteError` if a write that ended in the background
         failed; returns at once while one is still going on."""
         if self._writing is not None and not self._manager.is_saving_in_progress():
-            self._finish()
+            self.wait()
 
-    def _finish(self) -> None:
+    def wait(self) -> None:
         """Waits for the step being written; :class:`CheckpointWriteError` if it failed."""
         if self._writing is None:
             return
@@ -269,6 +293,8 @@ class TrainingCheckpoints:
         try:
             self._manager.wait_until_finished()
             self._manager.check_for_errors()
+        except jax.errors.JaxRuntimeError:
+            raise  # a collective between the processes failed: not the writing
         except Exception as error:
             raise self._write_error(step, size, error) from error
         # process 0 finalizes a step; a failure that Orbax only logged leaves it unfinished
@@ -276,8 +302,8 @@ class TrainingCheckpoints:
             raise self._write_error(step, size, RuntimeError("the step was not finalized"))
 
     def _write_error(self, step: int, size: int, error: Exception) -> CheckpointWriteError:
-        """The error for a failed write of ``step`` (``size``: the train state's
-        bytes), after removing what was written of it."""
+        """The error for a failed write of ``step`` (``size``: the bytes a step
+        takes), after removing what was written of it."""
         self._failed = True
         if jax.process_index() == 0:  # so that it takes no space (resumes skip it anyway)
             for partial in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
@@ -288,10 +314,9 @@ class TrainingCheckpoints:
             free = ""
         steps = finished_steps(self.directory)
         last = f"step {steps[-1]} (older ones kept)" if steps else "none yet"
-        detail = (str(error).strip().splitlines() or [""])[0][:300]
         return CheckpointWriteError(
             f"cannot write checkpoint step {step} to {self.directory} "
-            f"({type(error).__name__}: {detail}); a checkpoint of this run takes about "
+            f"({_cause(error)}); a checkpoint of this run takes about "
             f"{_megabytes(size)}{free}. Nothing of step {step} is kept; the last complete "
             f"checkpoint is {last}. Free space, then rerun the same command to resume"
         )
@@ -300,7 +325,7 @@ class TrainingCheckpoints:
         """Waits for a checkpoint being written (:class:`CheckpointWriteError` if it
         fails), then releases the manager."""
         try:
-            self._finish()
+            self.wait()
         finally:
             try:
                 self._manager.close()
