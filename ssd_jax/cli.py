@@ -5,6 +5,7 @@ Commands define their flags under ``if __name__ == "__main__":``, so importing a
 command module (tests, notebooks) defines none.
 """
 
+import logging
 import os
 import re
 import sys
@@ -53,14 +54,26 @@ def _check_config_files() -> None:
                      "e.g. configs/ssd300_voc.py)")  # fmt: skip
 
 
+def _quiet_orbax() -> None:
+    """Leaves Orbax's own log records out (at every level): its failures reach
+    the commands as exceptions, which they report in one line, while Orbax logs
+    each of them again with tracebacks (of its background threads and asyncio
+    tasks, which also log unretrieved exceptions)."""
+    outside_orbax = lambda record: f"{os.sep}orbax{os.sep}" not in record.pathname  # noqa: E731
+    logging.getLogger("absl").addFilter(outside_orbax)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
 def quiet_flags_parser(argv: list[str]) -> list[str]:
-    """absl's flag parsing, at WARNING verbosity unless ``--verbosity``/``-v`` is
-    given: Orbax logs every checkpoint save and load at INFO. A configuration file
+    """absl's flag parsing, at WARNING verbosity and without Orbax's log records
+    unless ``--verbosity``/``-v`` is given: Orbax logs every checkpoint save and
+    load at INFO, and every failure with tracebacks. A configuration file
     that is not there, or a ``--config.*`` override of a key it does not have, is
     one line (with ``--verbosity``, the traceback)."""
     verbose = any(arg.startswith(("--verbosity", "-v", "--v=")) for arg in argv[1:])
     if not verbose:
         argv = [argv[0], "--verbosity=-1", *argv[1:]]
+        _quiet_orbax()
     try:
         parsed = app.parse_flags_with_usage(argv)
     except (AttributeError, KeyError) as error:  # ml_collections: an override's unknown key
