@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 
@@ -111,23 +112,24 @@ def run(argv: list[str], workdir: str, heartbeat_timeout_s: float) -> int:
     status for this process: the child's, or :data:`LOST` with one line on
     stderr when the runtime ended it because another process was lost.
 
-    SIGTERM is passed on to the child (JAX's preemption service stops the job
-    after an agreed step); Ctrl-C reaches the child through the terminal."""
+    The child runs in a process group of its own, which is killed once it ends
+    (its data-loading workers would outlive an ending by the runtime). SIGTERM
+    and SIGINT are passed on to it: JAX's preemption service stops the job after
+    an agreed step."""
     command = [sys.executable, "-m", "ssd_jax.train", *argv[1:]]
     child = subprocess.Popen(
         command, env={**os.environ, CHILD: "1"}, stderr=subprocess.PIPE,
-        preexec_fn=_die_with_parent,
+        preexec_fn=_die_with_parent, process_group=0,
     )  # fmt: skip
-    signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: child.send_signal(signum))
     held: list[bytes] = []
-    for line in child.stderr:
-        if held or _ENDING.match(line):
-            held.append(line)
-        else:
-            sys.stderr.buffer.write(line)
-            sys.stderr.buffer.flush()
+    relay = threading.Thread(target=_relay, args=(child.stderr, held), daemon=True)
+    relay.start()
     status = child.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)
+    relay.join(timeout=5)
     report = b"".join(held).decode(errors="replace")
     lost = lost_processes(report) if status else None
     if lost is not None:
@@ -137,6 +139,17 @@ def run(argv: list[str], workdir: str, heartbeat_timeout_s: float) -> int:
         return LOST
     sys.stderr.write(report)
     return status if status >= 0 else 128 - status
+
+
+def _relay(stream, held: list[bytes]) -> None:
+    """Copies the child's stderr to ours, holding back the runtime's native
+    ending (from its first line on) in ``held``."""
+    for line in stream:
+        if held or _ENDING.match(line):
+            held.append(line)
+        else:
+            sys.stderr.buffer.write(line)
+            sys.stderr.buffer.flush()
 
 
 def _leave(message: str, status: int) -> None:

@@ -10,11 +10,12 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from etils import epath
 
-from ssd_jax import checkpoint, config_schema, train
+from ssd_jax import checkpoint, config_schema, supervisor, train
 from ssd_jax.checkpoint.lock import LOCK, WorkdirInUseError
 from ssd_jax.data.synthetic import SyntheticShapes, write_voc
 
@@ -219,3 +220,50 @@ def test_a_failed_setup_leaves_no_run_directory_it_created(tmp_path):
     with pytest.raises(Exception, match="the eval split holds no image"):
         train.setup(config, str(tmp_path / "kept"))
     assert os.listdir(tmp_path / "kept") == [LOCK]  # a folder it found stays
+
+
+@pytest.mark.slow
+def test_data_workers_end_with_a_trainer_killed_with_kill_9(tmp_path):
+    """Grain's worker processes outlived a trainer killed with kill -9 (or ended
+    by JAX's runtime when another process of a job is lost), blocked on a full
+    buffer; they now end within seconds of their parent."""
+    import psutil
+
+    command = [sys.executable, "-m", "ssd_jax.train", "--config", "configs/tiny.py",
+               "--config.data.num_workers=1", "--config.num_steps=100000",
+               "--config.log_every=1", "--config.eval_every=0",
+               "--config.checkpoint_every=100000", "--workdir", str(tmp_path)]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        metrics = tmp_path / "metrics.jsonl"
+        while not (metrics.exists() and metrics.stat().st_size):  # training steps are running
+            assert process.poll() is None
+            time.sleep(0.5)
+        children = psutil.Process(process.pid).children(recursive=True)
+        assert any("spawn_main" in " ".join(child.cmdline()) for child in children)
+    finally:
+        process.kill()
+        process.wait()
+    _, alive = psutil.wait_procs(children, timeout=15)  # they look every second
+    assert not alive, [child.cmdline() for child in alive]
+
+
+def test_the_runtimes_ending_names_the_lost_process():
+    """What JAX's runtime prints when it ends a process for another's loss (as
+    jaxlib 0.10 and 0.12 word it), and what it prints otherwise."""
+    unhealthy = (
+        "E1207 coordination_service_agent.cc:289] Polled an error from coordination service "
+        "(this can be an error from this or another task).\nF1207 client.h:80] Terminating "
+        "process because the JAX distributed service detected fatal errors. absl::Status: "
+        "UNAVAILABLE: The following tasks are unhealthy (stopped sending heartbeats):\n2\n3\n"
+        "The tasks have crashed."
+    )
+    assert supervisor.lost_processes(unhealthy) == [2, 3]
+    leader = (
+        "F1207 client.h:80] Terminating process because the JAX distributed service detected "
+        "fatal errors. absl::Status: UNAVAILABLE: Failed to send RPC to coordination service. "
+        "Either the leader task was preempted/died/restarted unexpectedly"
+    )
+    assert supervisor.lost_processes(leader) == [0]
+    assert supervisor.lost_processes("Fatal Python error: Segmentation fault") is None

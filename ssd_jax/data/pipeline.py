@@ -27,6 +27,9 @@ a resumed run sees the same data as an uninterrupted one.
 
 import logging
 import math
+import os
+import threading
+import time
 
 import cv2
 import grain
@@ -356,11 +359,27 @@ def make_iterator(
             flags.FLAGS.mark_as_parsed()
         iter_dataset = iter_dataset.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=num_workers),
-            worker_init_fn=_single_threaded_opencv,
+            worker_init_fn=_init_worker,
         )
     else:
         _single_threaded_opencv()
     return AnyWorkerCount(iter(iter_dataset), num_workers)
+
+
+def _init_worker(*_) -> None:
+    """Runs in each worker process: single-threaded OpenCV, and an end of the
+    worker once its parent is gone (killed with ``kill -9``, or ended by JAX's
+    runtime), which Grain's workers would otherwise outlive, blocked on a full
+    buffer."""
+    _single_threaded_opencv()
+    parent = os.getppid()
+
+    def end_with_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=end_with_parent, daemon=True, name="end-with-parent").start()
 
 
 def _single_threaded_opencv(*_) -> None:
