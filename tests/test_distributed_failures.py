@@ -25,7 +25,7 @@ from tests.test_distributed import free_port
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEARTBEAT_TIMEOUT_S = 10
 # saved (and kept) every step, so that kills and stops land anywhere
-OVERRIDES = {"num_steps": 12, "checkpoint_every": 1, "keep_checkpoints": 12, "log_every": 1,
+OVERRIDES = {"num_steps": 8, "checkpoint_every": 1, "keep_checkpoints": 8, "log_every": 1,
              "eval_every": 0, "heartbeat_timeout_s": HEARTBEAT_TIMEOUT_S}  # fmt: skip
 
 
@@ -106,7 +106,7 @@ def assert_bitwise_equal(ours: dict, theirs: dict) -> None:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    """The states of an uninterrupted two-process job of 12 steps, by step."""
+    """The states of an uninterrupted two-process job of 8 steps, by step."""
     workdir = tmp_path_factory.mktemp("uninterrupted")
     run_job(workdir)
     return lambda step: saved(workdir, step)
@@ -131,7 +131,7 @@ def test_a_lost_process_stops_the_other_with_one_line_and_the_job_resumes_bitwis
     coordination service, is lost) with one line naming the lost process and the
     last complete checkpoint, and exit status 75; the restarted job resumes."""
     job = Job(tmp_path)
-    job.wait_for(r"^train 3/12 ")
+    job.wait_for(r"^train 3/8 ")
     killed = time.monotonic()
     job.processes[lost].kill()
     codes, outputs = job.finish(timeout=HEARTBEAT_TIMEOUT_S + 60)
@@ -155,8 +155,8 @@ def test_a_lost_process_stops_the_other_with_one_line_and_the_job_resumes_bitwis
     )
     assert "Fatal Python error" not in outputs[survivor]  # the native ending is held back
     if lost == 1:  # (a restart after the loss of process 0 is the same)
-        run_job(tmp_path, num_steps=6)
-        assert_bitwise_equal(saved(tmp_path, 6), uninterrupted(6))
+        run_job(tmp_path, num_steps=5)
+        assert_bitwise_equal(saved(tmp_path, 5), uninterrupted(5))
 
 
 def stopped_step(output: str) -> int:
@@ -175,7 +175,7 @@ def test_sigterm_stops_every_process_after_the_same_saved_step_and_the_job_resum
     to one: all finish the step in progress, agree on one step, save it and exit
     0; no process saved a later step; the rerun resumes bitwise."""
     job = Job(tmp_path)
-    job.wait_for(r"^train 2/12 ")
+    job.wait_for(r"^train 2/8 ")
     moments = random.Random()
     for process in signalled:
         time.sleep(moments.uniform(0, 1))
@@ -185,7 +185,29 @@ def test_sigterm_stops_every_process_after_the_same_saved_step_and_the_job_resum
     step = stopped_step(outputs[0])
     assert stopped_step(outputs[1]) == step
     assert checkpoint.finished_steps(str(tmp_path / "checkpoints"))[-1] == step
-    assert step < 12  # (else nothing stopped the job before its end)
+    assert step < 8  # (else nothing stopped the job before its end)
     if signalled == (0, 1):  # (a rerun after a stop that one process got is the same)
         run_job(tmp_path, num_steps=step + 1)
         assert_bitwise_equal(saved(tmp_path, step + 1), uninterrupted(step + 1))
+
+
+@pytest.mark.slow
+def test_a_job_on_a_held_workdir_stops_every_process_at_once(tmp_path):
+    """Process 0 finds the workdir held by a live run: every process of the job
+    says so and exits 1 before anything is built (none waits for the others)."""
+    from tests.test_reliability import HOLD
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "held\n"
+        codes, outputs = Job(tmp_path).finish()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert codes == [1, 1], outputs
+    in_use = f"error: {tmp_path} is in use by another training run"
+    assert outputs[0].splitlines()[-1].startswith(f"{in_use} (host ")
+    assert f"pid {holder.pid}, started " in outputs[0].splitlines()[-1]
+    assert outputs[1].splitlines()[-1] == f"{in_use} (process 0 says which)"
+    assert os.listdir(tmp_path) == ["train.lock"]
