@@ -21,7 +21,7 @@ import os
 
 from absl import flags
 
-from ssd_jax import cli
+from ssd_jax import checkpoint, cli
 from ssd_jax.evaluator import evaluate_checkpoint, format_table
 
 FLAGS = flags.FLAGS
@@ -29,6 +29,7 @@ FLAGS = flags.FLAGS
 
 def main(argv: list[str]) -> None:
     del argv
+    checkpoint.locate(FLAGS.checkpoint, FLAGS.step)  # a wrong one creates no output folder
     cli.prepare_output_file(FLAGS.output)  # before the evaluation, not after it
     stem = os.path.splitext(FLAGS.output)[0]
     curves_png, examples_jpg = stem + "_pr.png", stem + "_examples.jpg"

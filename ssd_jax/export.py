@@ -32,7 +32,7 @@ import os
 
 from absl import flags
 
-from ssd_jax import cli
+from ssd_jax import checkpoint, cli
 from ssd_jax.errors import UserError
 from ssd_jax.inference import EXPORT_PLATFORMS, export_detector, load_detector, save_export
 
@@ -62,6 +62,7 @@ def main(argv: list[str]) -> None:
     del argv
     output = FLAGS.output or f"detector.{'onnx' if FLAGS.format == 'onnx' else 'jaxexport'}"
     _check_flags()
+    checkpoint.locate(FLAGS.checkpoint, FLAGS.step)  # a wrong one creates no output folder
     cli.prepare_output_file(output)
     if FLAGS.format == "onnx":
         from ssd_jax import onnx_export

@@ -66,18 +66,24 @@ def run(*args, cwd=ROOT):
     )
 
 
+@pytest.mark.parametrize("wrong", ["path", "step"])
 @pytest.mark.parametrize("command", ["evaluate", "predict", "export"])
-def test_a_wrong_checkpoint_path_is_one_line_and_creates_nothing(tmp_path, command):
+def test_a_wrong_checkpoint_path_is_one_line_and_creates_nothing(tmp_path, command, wrong):
+    """Not even the folder of --output (evaluate and export make it before their work)."""
     mistyped = tmp_path / "runs" / "shapse"
     extra = ["--input", os.path.join(ROOT, "docs", "quickstart_examples.jpg")]
     extra = extra if command == "predict" else []
-    result = run("-m", f"ssd_jax.{command}", "--checkpoint", str(mistyped), *extra,
-                 "--output", str(tmp_path / "out"))  # fmt: skip
+    if wrong == "path":
+        given = ["--checkpoint", str(mistyped)]
+        message = (f"error: {mistyped} does not exist: give a run's --workdir, its checkpoints/ "
+                   "folder or the --output folder of python -m ssd_jax.convert")  # fmt: skip
+    else:
+        given = ["--checkpoint", str(FIXTURE), "--step", "3"]
+        message = f"error: {FIXTURE / 'checkpoints'} has no step 3; it has steps [150]"
+    result = run("-m", f"ssd_jax.{command}", *given, *extra,
+                 "--output", str(tmp_path / "out" / "result"))  # fmt: skip
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"error: {mistyped} does not exist: give a run's --workdir, its checkpoints/ folder "
-        "or the --output folder of python -m ssd_jax.convert"
-    )
+    assert result.stderr.strip().splitlines()[-1] == message
     assert "Traceback" not in result.stderr
     assert os.listdir(tmp_path) == []
 
