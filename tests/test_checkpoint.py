@@ -55,6 +55,21 @@ def test_locate_takes_a_run_its_checkpoints_folder_or_one_step(run_copy):
     assert checkpoint.locate(str(run_copy)).step == 150
 
 
+def test_a_run_keeps_its_newest_keep_checkpoints(tmp_path):
+    """keep_checkpoints = 2: after steps 1-4 are saved, steps 3 and 4 are left."""
+    from ssd_jax.data import pipeline
+
+    shapes = SyntheticShapes(4, 3, image_size=(32, 32), seed=0)
+    iterator = pipeline.make_iterator(
+        pipeline.train_dataset(shapes, image_size=32, batch_size=4, seed=0)
+    )
+    checkpoints = checkpoint.TrainingCheckpoints(str(tmp_path), keep=2)
+    for step in range(1, 5):
+        checkpoints.save(step, {"w": np.full(2, step, np.float32)}, iterator, {"step": step})
+    checkpoints.close()
+    assert checkpoint.finished_steps(str(tmp_path / "checkpoints")) == [3, 4]
+
+
 def test_locate_says_what_it_looked_for_and_creates_nothing(tmp_path):
     missing = tmp_path / "runs" / "shapse"
     with pytest.raises(checkpoint.CheckpointError, match="does not exist: give a run's --workdir"):
@@ -152,6 +167,11 @@ def test_restore_is_strict_for_inference_and_keeps_new_heads_for_fine_tuning():
     shapes = r"params/conf_heads/0/bias has shape \(16,\) there, the model's has shape \(12,\)"
     with pytest.raises(checkpoint.CheckpointError, match=shapes):
         checkpoint.restore_variables(location, two_classes)
+    config = checkpoint.saved_config(checkpoint.read_meta(location))
+    with config.unlocked():
+        config.data.class_names = SHAPE_NAMES[:2]
+    with pytest.raises(checkpoint.CheckpointError, match=shapes):
+        inference.restore_network(location, config)  # evaluate's, predict's and export's
     two_classes = tiny_variables(2, seed=5)
     checkpoint.restore_variables(location, two_classes, strict=False)
     ours, theirs = flat_params(two_classes), flat_params(saved)

@@ -6,6 +6,7 @@ import ast
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -92,7 +93,10 @@ def test_a_wrong_checkpoint_path_is_one_line_and_creates_nothing(tmp_path, comma
     ("command", "args", "message"),
     [
         ("export", ["--batch_size", "0"], "--batch_size 0: give 1 or more, or leave it out (any)"),
-        ("export", ["--format", "onnx", "--platforms", "cuda"], "--platforms: only for --format jax"),
+        ("export", ["--format", "onnx", "--batch_size", "2", "--platforms", "cuda"],
+         "--batch_size and --platforms: only for --format jax"),
+        ("export", ["--platforms", "cpu,cpu"],
+         "--platforms cpu,cpu: give one or more of cpu,cuda,rocm,tpu, each once"),
         ("export", ["--output", "{tmp}"], "--output {tmp} is a folder: give a file name"),
         ("evaluate", ["--output", "{tmp}/file/eval.json"],
          "cannot create the folder of --output {tmp}/file/eval.json"),
@@ -100,15 +104,16 @@ def test_a_wrong_checkpoint_path_is_one_line_and_creates_nothing(tmp_path, comma
         ("evaluate", ["--config", "configs/tiny.py", "--config.detection.score_treshold=0.3"],
          "a --config.* override names a key the configuration does not have: 'score_treshold' "
          "(did you mean 'score_threshold'?)"),
-        ("predict", ["--input", "{tmp}/empty"], "{tmp}/empty holds no image or video"),
-        ("predict", ["--input", "{tmp}/nope.png"], "--input {tmp}/nope.png does not exist"),
-        ("predict", ["--input", "{tmp}/file"], "--input {tmp}/file is not an image or video"),
-        ("predict", ["--input", "{tmp}/file", "--score_threshold", "50"],
+        ("predict", ["--input", "{tmp}/empty", "--output", "{tmp}/out"], "{tmp}/empty holds no image or video"),
+        ("predict", ["--input", "{tmp}/nope.png", "--output", "{tmp}/out"], "--input {tmp}/nope.png does not exist"),
+        ("predict", ["--input", "{tmp}/file", "--output", "{tmp}/out"], "--input {tmp}/file is not an image or video"),
+        ("predict", ["--input", "{tmp}/file", "--score_threshold", "50", "--output", "{tmp}/out"],
          "--score_threshold 50.0: a probability, in [0, 1]"),
     ],
 )  # fmt: skip
 def test_bad_outputs_and_flags_are_one_line_before_any_work(tmp_path, command, args, message):
-    """Before the checkpoint is read, so that no work (an evaluation) is lost."""
+    """Before the checkpoint is read, so that no work (an evaluation) is lost; predict's
+    input is checked before the model loads (its output folder would be made then)."""
     (tmp_path / "file").write_text("")
     (tmp_path / "empty").mkdir()
     args = [a.format(tmp=tmp_path) for a in args]
@@ -117,6 +122,7 @@ def test_bad_outputs_and_flags_are_one_line_before_any_work(tmp_path, command, a
     assert (
         result.stderr.strip().splitlines()[-1].startswith(f"error: {message.format(tmp=tmp_path)}")
     )
+    assert sorted(os.listdir(tmp_path)) == ["empty", "file"]  # nothing made
 
 
 def test_every_command_shows_an_example_and_its_checkpoint_flags_in_help():
@@ -128,7 +134,7 @@ def test_every_command_shows_an_example_and_its_checkpoint_flags_in_help():
 
 
 def test_evaluate_command_scores_a_checkpoint_without_orbax_warnings(tmp_path):
-    output = tmp_path / "eval.json"
+    output = tmp_path / "new" / "eval.json"  # its folder is made
     result = run("-m", "ssd_jax.evaluate", "--checkpoint", str(FIXTURE / "checkpoints"),
                  "--output", str(output), "--metric", "coco")  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -137,9 +143,20 @@ def test_evaluate_command_scores_a_checkpoint_without_orbax_warnings(tmp_path):
     assert scores["AP"] > 0.5  # a working detector (its exact figures: test_checkpoint.py)
     assert "triangle" in result.stdout and "AP_small" in result.stdout
     assert "WARNING" not in result.stderr, result.stderr
-    png = tmp_path / "eval_pr.png"  # precision-recall curves beside the JSON
+    png = tmp_path / "new" / "eval_pr.png"  # precision-recall curves beside the JSON
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert "evaluate 16/16" in result.stderr  # the progress, as lines off a terminal
+
+
+def with_a_damaged_newer_step(run):
+    """A copy of the fixture whose newest step, 160, cannot be read (a state file cut
+    short): a command given --step 150 must not touch it."""
+    shutil.copytree(FIXTURE, run)
+    shutil.copytree(run / "checkpoints" / "150", run / "checkpoints" / "160")
+    files = [p for p in (run / "checkpoints" / "160" / "state").rglob("*") if p.is_file()]
+    largest = max(files, key=lambda p: p.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 3])
+    return run
 
 
 def test_evaluate_command_takes_a_step_and_another_configuration(tmp_path):
@@ -150,7 +167,8 @@ def test_evaluate_command_takes_a_step_and_another_configuration(tmp_path):
     from ssd_jax.evaluator import evaluate_checkpoint
 
     output = tmp_path / "eval.json"
-    command = [sys.executable, "-m", "ssd_jax.evaluate", "--checkpoint", str(FIXTURE),
+    run_dir = with_a_damaged_newer_step(tmp_path / "run")
+    command = [sys.executable, "-m", "ssd_jax.evaluate", "--checkpoint", str(run_dir),
                "--step", "150", "--config", "configs/tiny.py",
                "--config.data.eval.num_images=8", "--output", str(output)]  # fmt: skip
     # the 8 CPU devices of this process: the same compiled program, the same numbers
@@ -177,6 +195,10 @@ def test_predict_command_draws_detections_and_skips_bad_files(tmp_path):
         frame = SyntheticShapes(11, num_classes=3, image_size=(90, 140), seed=6)[k]["image"]
         video.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     video.release()
+    empty = cv2.VideoWriter(
+        str(images / "empty.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (140, 90)
+    )
+    empty.release()  # a video that opens but holds no frame
     out = tmp_path / "out"
     result = run("-m", "ssd_jax.predict", "--checkpoint", str(FIXTURE / "checkpoints" / "150"),
                  "--input", str(images), "--output", str(out), "--score_threshold", "0.0")  # fmt: skip
@@ -185,10 +207,10 @@ def test_predict_command_draws_detections_and_skips_bad_files(tmp_path):
     assert "WARNING" not in result.stderr, result.stderr
     lines = result.stdout.splitlines()  # off a terminal: a line per file, numbered
     assert [line.split("]")[0] for line in lines if line.startswith("[")] == [
-        f"[{k}/4" for k in range(1, 5)
+        f"[{k}/5" for k in range(1, 6)
     ]
     report = json.loads((out / "detections.json").read_text())
-    assert report["skipped"] == [str(images / "broken.jpg"), str(images / "broken.mp4")]
+    assert report["skipped"] == [str(images / n) for n in ("broken.jpg", "broken.mp4", "empty.avi")]
     frames = [key for key in report["detections"] if "clip.avi#" in key]
     assert frames == [f"{images / 'clip.avi'}#{k}" for k in range(11)]
     capture = cv2.VideoCapture(str(out / "clip.mp4"))

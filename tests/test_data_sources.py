@@ -167,6 +167,29 @@ def test_voc_devkit_coordinates_and_bad_boxes(tmp_path):
     assert "unicorn" in source.skipped.report("VOC")
 
 
+def test_boxes_on_an_image_edge_are_outside_and_each_bad_box_counts_once():
+    skipped = example_lib.SkipCounter()
+    boxes = [
+        [100, 10, 110, 20],  # starts on the right edge of the 100x80 image
+        [-10, 10, 0, 20],  # ends on the left edge
+        [10, 80, 20, 90],  # starts on the bottom edge
+        [10, -5, 20, 0],  # ends on the top edge
+        [120, 10, 110, 20],  # inverted (and outside): counted once, as inverted
+        [10, 30, 20, 30],  # zero height, not inverted
+        [0, 0, 100, 80],  # the whole image
+    ]
+    _, keep = example_lib.normalize_boxes(np.array(boxes, float), 100, 80, skipped, "a.xml")
+    assert keep.tolist() == [False] * 6 + [True]
+    assert skipped == {
+        "box outside the image": 4,
+        "inverted box (x_max < x_min or y_max < y_min)": 1,
+        "zero-area box": 1,
+    }
+    for width, height in ((0, 80), (100, 0)):
+        with pytest.raises(DataError, match=f"^a.xml: image size {width}x{height} is not positive"):
+            example_lib.normalize_boxes(np.zeros((0, 4)), width, height, skipped, "a.xml")
+
+
 def test_voc_image_without_objects_is_kept_and_counted(tmp_path):
     write_voc_image(str(tmp_path), "empty", [])
     source = VocSource([(str(tmp_path), "train")])
@@ -187,6 +210,11 @@ def test_voc_image_without_objects_is_kept_and_counted(tmp_path):
         (
             "<annotation><size><width>10</width><height>10</height></size><object><name>dog</name>"
             "<bndbox><xmin>a</xmin><ymin>1</ymin><xmax>2</xmax><ymax>2</ymax></bndbox></object></annotation>",
+            "bad.xml: missing or non-numeric",
+        ),
+        (
+            "<annotation><size><width>10</width><height>10</height></size><object>"
+            "<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>2</xmax><ymax>2</ymax></bndbox></object></annotation>",
             "bad.xml: missing or non-numeric",
         ),
         (
@@ -295,6 +323,12 @@ def test_coco_malformed_json_names_the_file(tmp_path):
     )
     with pytest.raises(DataError, match="bbox.json image 1: annotation 9 has bbox"):
         CocoSource(str(tmp_path / "bbox.json"), str(tmp_path))
+    write_coco_json(
+        tmp_path / "size.json", [{"id": 1, "file_name": "a.jpg", "height": 10}], [],
+        [{"id": 1, "name": "person"}],
+    )  # fmt: skip
+    with pytest.raises(DataError, match="size.json image 1: missing width, height or file_name"):
+        CocoSource(str(tmp_path / "size.json"), str(tmp_path))
 
 
 @pytest.fixture(scope="module")

@@ -44,12 +44,93 @@ def test_config_values_that_cannot_work_are_all_named_before_anything_runs(tmp_p
     assert not (tmp_path / "run").exists()
 
 
+# Every rule of config_schema.validate at its edge: (key, the last value that
+# works, the first that does not, the line for that one).
+CONFIG_EDGES = [
+    ("num_steps", 1, 0, "at least 1"),
+    ("batch_size", 1, 0, "at least 1"),
+    ("log_every", 1, 0, "at least 1"),
+    ("checkpoint_every", 1, 0, "at least 1"),
+    ("eval_every", 0, -1, "0 (no evaluation) or more"),
+    ("eval_batches", 0, -1, "0 (the whole split) or more"),
+    ("keep_checkpoints", 1, 0, "at least 1"),
+    ("eval_metric", "coco", "map", "'voc' or 'coco'"),
+    ("on_nonfinite", "rollback", "skip", "'stop' or 'rollback'"),
+    ("rollback.max_times", 1, 0, "at least 1"),
+    ("rollback.learning_rate_factor", 1.0, 0.0, "in (0, 1]"),
+    ("model.architecture", "ssd512", "ssd600", "('ssd300', 'ssd512')"),
+    ("model.default_boxes", "ssd300_torchvision", "ssd300_paper", None),
+    ("model.dtype", "bfloat16", "float16", "'float32' or 'bfloat16'"),
+    ("model.width", 1e-3, 0.0, "positive"),
+    ("data.train.kind", "coco", "imagenet", "('voc', 'coco', 'tfds', 'synthetic')"),
+    ("data.eval.kind", "tfds", "imagenet", "('voc', 'coco', 'tfds', 'synthetic')"),
+    ("data.max_boxes", 1, 0, "at least 1"),
+    ("data.augment_on", "device", "gpu", "('auto', 'host', 'device')"),
+    ("data.decode_max_side", 16, 15, "at least 16"),
+    ("data.num_workers", 0, -1, "0 (in process) or more"),
+    ("data.max_unreadable_images", 0, -1, "0 or more"),
+    ("optimizer.name", "adam", "adamw", "'sgd' or 'adam'"),
+    ("optimizer.learning_rate", 1e-9, 0.0, "positive"),
+    ("optimizer.warmup_steps", 0, -1, "0 or more"),
+    ("optimizer.gamma", 1e-9, 0.0, "positive"),
+    ("optimizer.momentum", 0.0, 1.0, "in [0, 1)"),
+    ("optimizer.weight_decay", 0.0, -1e-9, "0 or more"),
+    ("optimizer.grad_clip_norm", 0.0, -1e-9, "0 (off) or more"),
+    ("loss.match_iou_threshold", 1.0, 0.0, "in (0, 1]"),
+    ("loss.neg_pos_ratio", 1e-9, 0.0, "positive"),
+    ("loss.alpha", 0.0, -1e-9, "0 or more"),
+    ("detection.score_threshold", 0.0, 1.0, "in [0, 1)"),
+    ("detection.nms_iou_threshold", 1.0, 0.0, "in (0, 1]"),
+    ("detection.top_k_per_class", 1, 0, "at least 1"),
+    ("detection.max_detections", 1, 0, "at least 1"),
+]
+# the other end of the intervals: (key, the first value past it)
+CONFIG_UPPER_EDGES = [
+    ("rollback.learning_rate_factor", 1.0 + 1e-9, "in (0, 1]"),
+    ("optimizer.momentum", -1e-9, "in [0, 1)"),
+    ("loss.match_iou_threshold", 1.0 + 1e-9, "in (0, 1]"),
+    ("detection.score_threshold", -1e-9, "in [0, 1)"),
+    ("detection.nms_iou_threshold", 1.0 + 1e-9, "in (0, 1]"),
+]
+
+
+def test_every_config_rule_holds_at_its_edge():
+    from ssd_jax.default_boxes import PRESETS
+
+    def with_values(values):
+        config = tiny_config()
+        for key, value in values:
+            *parents, name = key.split(".")
+            node = config
+            for parent in parents:
+                node = node[parent]
+            node[name] = value
+        return config
+
+    config_schema.validate(with_values([(key, good) for key, good, _, _ in CONFIG_EDGES]))
+    presets = f"'' or one of {sorted(PRESETS)}"
+    for edges in ([(key, bad, what) for key, _, bad, what in CONFIG_EDGES], CONFIG_UPPER_EDGES):
+        with pytest.raises(config_schema.ConfigError) as error:
+            config_schema.validate(with_values([(key, bad) for key, bad, _ in edges]))
+        assert str(error.value).splitlines() == ["the configuration cannot work:"] + [
+            f"  {key} = {bad!r}: must be {what or presets}" for key, bad, what in edges
+        ]
+
+
 def test_an_empty_eval_split_stops_before_training(tmp_path):
+    from ssd_jax import parallel
+    from ssd_jax.data.synthetic import SyntheticShapes
+    from ssd_jax.evaluator import Evaluator
+
     config = tiny_config()
     config.data.eval.num_images = 0
     with pytest.raises(DataError, match="the eval split holds no image: check config.data.eval"):
         train.train_and_evaluate(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+    one_image = SyntheticShapes(1, num_classes=3, image_size=(96, 96), seed=1)
+    evaluator = Evaluator(None, one_image, image_size=300, batch_size=8, max_boxes=8,
+                          metric="voc", mesh=parallel.make_data_mesh())  # fmt: skip
+    assert evaluator.num_images == 1  # one image is a split
 
 
 def test_a_resume_with_another_network_normalization_or_data_names_the_differences(tmp_path):
@@ -75,6 +156,58 @@ def test_a_resume_with_another_network_normalization_or_data_names_the_differenc
     assert checkpoint.locate(str(tmp_path / "run")).step == 150  # nothing written
     with open(tmp_path / "run" / "checkpoints" / "150" / "meta" / "metadata") as file:
         assert json.load(file) == saved  # the meta is untouched
+
+
+def test_a_resume_refuses_each_change_of_network_normalization_or_data_on_its_own():
+    """Each key a resume must keep, changed alone, is one line (architecture also
+    changes the default boxes it implies); the same class names in another order
+    are other labels. What a resume may change (steps, eval data) is no difference,
+    nor is a data key added to the schema since the checkpoint was written."""
+    saved = checkpoint.read_meta(checkpoint.locate(FIXTURE))
+
+    def differences(**changes):
+        config = checkpoint.saved_config(saved)
+        with config.unlocked():
+            for key, value in changes.items():
+                *parents, name = key.split("__")
+                node = config
+                for parent in parents:
+                    node = node[parent]
+                node[name] = value
+        meta = checkpoint.meta_for(config, config.data.class_names, "/another/workdir")
+        return checkpoint.resume_differences(saved, meta)
+
+    assert differences(num_steps=300, data__eval__seed=7) == []
+    assert differences(data__class_names=("square", "circle", "triangle")) == [
+        "class_names: ['circle', 'square', 'triangle'] -> ['square', 'circle', 'triangle']"
+    ]
+    assert differences(data__class_names=("circle", "square")) == [
+        "class_names: ['circle', 'square', 'triangle'] -> ['circle', 'square']"
+    ]
+    assert differences(model__architecture="ssd512") == [
+        "architecture: 'ssd300' -> 'ssd512'",
+        "default_boxes: 'ssd300' -> 'ssd512'",
+    ]
+    assert differences(model__default_boxes="ssd300_torchvision") == [
+        "default_boxes: 'ssd300' -> 'ssd300_torchvision'"
+    ]
+    assert differences(data__mean=(0.0, 0.0, 0.0)) == [
+        "mean: [123.675, 116.28, 103.53] -> [0.0, 0.0, 0.0]"
+    ]
+    assert differences(data__std=(1.0, 1.0, 1.0)) == [
+        "std: [58.395, 57.12, 57.375] -> [1.0, 1.0, 1.0]"
+    ]
+    assert differences(model__batch_norm=False) == ["config.model.batch_norm: True -> False"]
+    assert differences(model__width=0.0625) == ["config.model.width: 0.03125 -> 0.0625"]
+    train_data = saved["config"]["data"]["train"]
+    assert differences(data__train__seed=2) == [
+        f"config.data.train: {train_data!r} -> {dict(train_data, seed=2)!r}"
+    ]
+    older = json.loads(json.dumps(saved))  # written before data.train had max_size
+    del older["config"]["data"]["train"]["max_size"]
+    config = checkpoint.saved_config(saved)
+    meta = checkpoint.meta_for(config, config.data.class_names, "/another/workdir")
+    assert checkpoint.resume_differences(older, meta) == []
 
 
 def test_metrics_hold_each_step_once_after_a_resume(tmp_path):
@@ -138,6 +271,12 @@ def test_dataset_images_keep_their_stored_pixels_whatever_exif_says(tmp_path):
     np.testing.assert_array_equal(upright, np.rot90(stored, k=-1))
     example = VocSource([(str(tmp_path / "voc"), "train")], class_names=shapes.class_names)[0]
     np.testing.assert_array_equal(example["image"], stored)  # no size mismatch, no rotation
+    from ssd_jax import predict
+
+    seen = []  # what predict gives the detector: the photo upright
+    detector = lambda image, threshold: seen.append(image) or []  # noqa: E731
+    predict.predict_image(detector, str(jpeg), str(tmp_path / "drawn.jpg"), 0.5)
+    np.testing.assert_array_equal(seen[0], upright)
 
 
 def test_a_diverging_run_never_saves_a_non_finite_state(tmp_path):
@@ -161,6 +300,38 @@ def test_a_diverging_run_never_saves_a_non_finite_state(tmp_path):
         location = checkpoint.Location(str(tmp_path / "run" / "checkpoints"), step)
         _, variables = inference.restore_network(location, checkpoint.saved_config(meta))
         assert divergence.all_finite(variables), step
+
+
+def test_a_non_finite_gradient_norm_or_parameter_stops_the_save():
+    """The loss may still be finite when the gradient norm overflows, or when the
+    update of the last step made the parameters overflow: no checkpoint then."""
+    from types import SimpleNamespace
+
+    saved = []
+    run = SimpleNamespace(
+        state={"params": {"w": np.ones(3, np.float32)}, "batch_stats": {}},
+        checkpoints=SimpleNamespace(save=lambda step, *_: saved.append(step)),
+        iterator=None,
+        meta={},
+    )
+    batch = {"num_truncated": np.zeros(8, np.int32), "num_unreadable": np.zeros(8, np.int32)}
+    window = train.LogWindow()
+    window.add(3, {"loss": 2.0, "loc": 1.5, "conf": 0.5, "grad_norm": 4.0}, batch)
+    train._save(run, 3, window, None)
+    window.add(4, {"loss": 2.0, "loc": 1.5, "conf": 0.5, "grad_norm": float("inf")}, batch)
+    with pytest.raises(train.NonFiniteLossError) as error:
+        train._save(run, 4, window, 3)
+    assert str(error.value).startswith(
+        "loss is 2.0 (loc 1.5, conf 0.5, gradient norm inf) at step 4; last good checkpoint: "
+        "step 3 (only finite states are saved)"
+    )
+    run.state["params"]["w"][1] = np.inf
+    with pytest.raises(train.NonFiniteLossError) as error:
+        train._save(run, 5, train.LogWindow(), 3)
+    assert str(error.value).startswith(
+        "the parameters are not finite after step 5; last good checkpoint: step 3"
+    )
+    assert saved == [3]
 
 
 def test_rollback_goes_back_past_the_bad_batches_at_a_lower_rate_and_a_resume_keeps_it(
@@ -290,7 +461,8 @@ def test_predict_never_writes_into_its_inputs_nor_over_its_own_outputs(tmp_path,
     from ssd_jax.errors import UserError
 
     originals = write_images(tmp_path / "photos", ["a.jpg", "a.png", "b.jpg"])
-    for output in (tmp_path / "photos", tmp_path / "photos" / "."):
+    (tmp_path / "link").symlink_to(tmp_path / "photos")
+    for output in (tmp_path / "photos", tmp_path / "photos" / ".", tmp_path / "link"):
         with pytest.raises(UserError, match="is the folder of the inputs: give another folder"):
             predict.predict(detector, str(tmp_path / "photos"), str(output), 0.3)
     with pytest.raises(UserError, match="is the folder of the inputs"):  # one image, its folder
@@ -351,9 +523,12 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_goes_on(tmp_path, 
     config = checkpoint.saved_config(checkpoint.read_meta(checkpoint.locate(str(run), 150)))
     with config.unlocked():
         config.num_steps = 170
+    checkpoints = run / "checkpoints"
     if how == "truncated array file":  # (inference reads no iterator state)
-        with pytest.raises(checkpoint.DamagedCheckpointError, match=r"step 160 is damaged"):
+        with pytest.raises(checkpoint.DamagedCheckpointError) as error:
             inference.load_detector(str(run))  # inference never moves files: it says so
+        assert str(error.value).startswith(f"{checkpoints} step 160 is damaged or incomplete (")
+        assert str(error.value).endswith("); its steps: [150, 160]")  # --step picks another
     setup = train.setup(config, str(run))
     setup.close()
     out = capsys.readouterr().out
@@ -362,10 +537,19 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_goes_on(tmp_path, 
     assert int(setup.state["step"]) == 150
     assert sorted(os.listdir(run / "checkpoints")) == ["150", "160.damaged"]  # kept for a look
 
-    damage(run / "checkpoints" / "150", how)  # nothing intact left
-    with pytest.raises(checkpoint.DamagedCheckpointError, match="no intact checkpoint to resume"):
+    shutil.copytree(checkpoints / "150", checkpoints / "160")  # damaged again, later
+    damage(checkpoints / "160", how)
+    train.setup(config, str(run)).close()
+    assert sorted(os.listdir(checkpoints)) == ["150", "160.damaged", "160.damaged1"]
+
+    damage(checkpoints / "150", how)  # nothing intact left: each damaged step named
+    shutil.copytree(checkpoints / "150", checkpoints / "155")
+    with pytest.raises(checkpoint.DamagedCheckpointError) as error:
         train.setup(config, str(run))
-    assert sorted(os.listdir(run / "checkpoints")) == ["150", "160.damaged"]
+    message = str(error.value)
+    assert message.startswith(f"no intact checkpoint to resume from: {checkpoints} step 155 is")
+    assert f"its steps: [150, 155]; {checkpoints} step 150 is damaged or incomplete (" in message
+    assert sorted(os.listdir(checkpoints)) == ["150", "155", "160.damaged", "160.damaged1"]
     gc.collect()
 
 
@@ -374,8 +558,12 @@ def test_a_checkpoint_of_another_optimizer_is_refused_not_taken_for_damage(tmp_p
     config = checkpoint.saved_config(checkpoint.read_meta(checkpoint.locate(str(tmp_path / "run"))))
     with config.unlocked():
         config.num_steps, config.optimizer.name = 151, "sgd"  # the run used Adam
-    with pytest.raises(checkpoint.CheckpointError, match="holds a train state of other shapes"):
+    with pytest.raises(checkpoint.CheckpointError) as error:
         train.setup(config, str(tmp_path / "run"))
+    assert type(error.value) is checkpoint.CheckpointError  # not a DamagedCheckpointError
+    assert str(error.value).startswith(
+        f"{tmp_path / 'run' / 'checkpoints'} step 150 holds a train state of other shapes ("
+    )
     assert os.listdir(tmp_path / "run" / "checkpoints") == ["150"]
 
 
@@ -401,7 +589,7 @@ def voc_with_a_corrupt_image(root, count=8):
     return shapes.class_names, bad
 
 
-def test_an_unreadable_image_is_replaced_in_training_and_left_out_of_evaluation(tmp_path):
+def test_an_unreadable_image_is_replaced_in_training_and_left_out_of_evaluation(tmp_path, caplog):
     from ssd_jax.data import pipeline
     from ssd_jax.data.sources import VocSource
 
@@ -415,11 +603,33 @@ def test_an_unreadable_image_is_replaced_in_training_and_left_out_of_evaluation(
     indices = {int(i) for b in seen for i in b["unreadable_index"] if i >= 0}
     assert indices == {2} and source.image_file(2) == str(bad)
     assert all(b["image"].shape == (4, 300, 300, 3) for b in seen)
+    warning = f"skipped: cannot decode image (corrupt or not an image): {bad}"
+    assert {r.getMessage() for r in caplog.records if r.levelname == "WARNING"} == {warning}
+    caplog.clear()
 
     batch = next(pipeline.make_iterator(pipeline.eval_dataset(source, image_size=300,
                                                               batch_size=8)))  # fmt: skip
     assert batch["unreadable"].tolist() == [k == 2 for k in range(8)]
     assert batch["is_padding"].tolist() == batch["unreadable"].tolist()  # scored as padding
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [warning]
+
+
+def test_unreadable_training_images_count_once_each_and_stop_the_run_past_the_limit():
+    from types import SimpleNamespace
+
+    from ssd_jax.data.pipeline import UnreadableImages
+
+    source = SimpleNamespace(image_file=lambda index: f"img{index}.jpg")
+    unreadable = UnreadableImages(source, limit=2)
+    unreadable.add({"unreadable_index": np.array([-1, 0, -1, 5])})
+    unreadable.add({"unreadable_index": np.array([5, 0, -1, -1])})  # the same two again
+    assert unreadable.names() == ["img0.jpg", "img5.jpg"]  # at the limit: the run goes on
+    with pytest.raises(DataError) as error:
+        unreadable.add({"unreadable_index": np.array([-1, -1, 3, -1])})
+    assert str(error.value) == (
+        "3 training images cannot be read, more than data.max_unreadable_images = 2: "
+        "['img0.jpg', 'img3.jpg', 'img5.jpg']; fix or remove them, or raise the limit"
+    )
 
 
 def test_training_stops_past_max_unreadable_images_naming_them(tmp_path):
@@ -442,7 +652,8 @@ def test_evaluation_leaves_an_unreadable_image_out_and_says_so(tmp_path):
     from ssd_jax import parallel
     from ssd_jax.evaluator import make_evaluator
 
-    voc_with_a_corrupt_image(tmp_path / "voc")  # the shapes classes, as the fixture
+    # 7 images: one batch of 8 with a padding example beside the unreadable one
+    voc_with_a_corrupt_image(tmp_path / "voc", count=7)  # the shapes classes, as the fixture
     location = checkpoint.locate(FIXTURE)
     config = checkpoint.saved_config(checkpoint.read_meta(location))
     with config.unlocked():

@@ -94,7 +94,10 @@ def test_the_export_command_writes_a_detector_for_every_platform_that_runs_alone
     """``python -m ssd_jax.export`` lowers for cpu, cuda, rocm and tpu; the artifact
     runs in a process that imports neither ssd_jax nor flax and finds what the
     Detector finds (on the GPU too: benchmarks/gpu_checks.py)."""
-    command = [sys.executable, "-m", "ssd_jax.export", "--checkpoint", FIXTURE,
+    from tests.test_commands import with_a_damaged_newer_step
+
+    run = with_a_damaged_newer_step(tmp_path / "run")  # --step 150 picks the intact one
+    command = [sys.executable, "-m", "ssd_jax.export", "--checkpoint", str(run), "--step", "150",
                "--output", str(tmp_path / "detector.jaxexport")]  # fmt: skip
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -94,6 +94,19 @@ def test_resume_with_worker_processes_continues_where_the_batches_were_consumed(
 def test_an_unknown_iterator_state_is_named():
     with pytest.raises(iterator_state.IteratorStateError, match="unknown data-iterator state"):
         iterator_state.batches_handed_out({"position": 3})
+    state = iterator_state.state_after(5, 2)  # two workers, five batches
+    assert iterator_state.batches_handed_out(state) == 5
+    del state["future_states"]  # an interleave state of another Grain
+    with pytest.raises(iterator_state.IteratorStateError) as error:
+        iterator_state.batches_handed_out(state)
+    assert str(error.value) == (
+        "unknown data-iterator state (keys ['exhausted', 'iterators_in_use_indices', "
+        "'iterators_in_use_states', 'next_index_in_cycle', 'next_index_in_datasets'])"
+    )
+    uneven = "a data-iterator state of a finished or uneven interleave"
+    for change in ({"future_states": {"0": {"next_index": 3}}}, {"exhausted": [0, 1]}):
+        with pytest.raises(iterator_state.IteratorStateError, match=uneven):
+            iterator_state.batches_handed_out(iterator_state.state_after(5, 2) | change)
 
 
 def test_worker_processes_give_the_same_batches():

@@ -46,6 +46,10 @@ def test_configs_load_with_the_paper_defaults(name):
     detection = config.detection
     assert (detection.score_threshold, detection.nms_iou_threshold) == (0.01, 0.45)
     assert detection.top_k_per_class == detection.max_detections == 200
+    # the README's failure handling: at most 100 unreadable images; a diverging run
+    # stops, or rolls back at most 3 times, halving the learning rate each time
+    assert config.data.max_unreadable_images == 100 and config.on_nonfinite == "stop"
+    assert (config.rollback.max_times, config.rollback.learning_rate_factor) == (3, 0.5)
     if name.startswith("ssd"):
         assert config.optimizer.name == "sgd"
         assert config.batch_size == 32 and config.optimizer.learning_rate == 1e-3
@@ -69,6 +73,14 @@ def test_unknown_config_key_fails(tmp_path):
         "error: a --config.* override names a key the configuration does not have: "
         "'learning_rte' (did you mean 'learning_rate'?)"
     )
+    result = subprocess.run(
+        [sys.executable, "-m", "ssd_jax.train", "--config", "configs/tiny.py", "--workdir", str(tmp_path),
+         "--config.optimizer.learning_rte=0.1", "--verbosity=0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback (most recent call last)" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("AttributeError: ")
+    assert "learning_rte" in result.stderr.strip().splitlines()[-1]
 
 
 def test_schedule_warmup_and_steps():
@@ -157,7 +169,10 @@ def test_sigterm_stops_training_after_a_saved_step_and_its_grain_workers(tmp_pat
 
 
 @pytest.mark.parametrize(("name", "kind"), [("ssd300_voc", "voc"), ("ssd300_coco", "coco")])
-def test_dataset_configs_start_training_on_local_folders(tmp_path, name, kind):
+def test_dataset_configs_start_training_on_local_folders(tmp_path, capsys, name, kind):
+    """Also with an image of the folder that cannot be decoded, at
+    data.max_unreadable_images = 1: replaced in the batch, counted on the progress
+    line and in the metrics, listed at the end, left out of the evaluation."""
     shapes = SyntheticShapes(8, num_classes=4, image_size=(120, 160), seed=3)
     config = load_config(name)
     for split in ("train", "eval"):
@@ -173,6 +188,11 @@ def test_dataset_configs_start_training_on_local_folders(tmp_path, name, kind):
             )
     if kind == "voc":
         config.data.class_names = SHAPE_NAMES[:4]
+    bad = tmp_path / (
+        "voc/JPEGImages/trainval_000002.jpg" if kind == "voc" else "images/000002.jpg"
+    )
+    bad.write_bytes(b"\xff\xd8 not a JPEG any more")
+    config.data.max_unreadable_images = 1
     config.model.width = 1 / 16
     config.batch_size, config.num_steps, config.data.num_workers = 8, 1, 0
     config.log_every = config.checkpoint_every = config.eval_every = 1
@@ -180,3 +200,11 @@ def test_dataset_configs_start_training_on_local_folders(tmp_path, name, kind):
     train.train_and_evaluate(config, str(tmp_path / "run"))
     records = read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
     assert np.isfinite(records[0]["train/loss"]) and "eval/loss" in records[-1]
+    assert records[0]["train/unreadable_images"] == 1 == records[-1]["eval/unreadable_images"]
+    out = capsys.readouterr().out
+    assert re.search(r"^train 1/1 loss .* img/s, 1 unreadable images ETA", out, re.M), out
+    assert re.search(r"^eval at step 1: .* \(1 unreadable images left out\)$", out, re.M), out
+    assert (
+        "skipped 1 unreadable training images (the next readable image took their place): "
+        f"[{str(bad)!r}]"
+    ) in out
