@@ -65,7 +65,8 @@ def test_a_run_keeps_its_newest_keep_checkpoints(tmp_path):
     )
     checkpoints = checkpoint.TrainingCheckpoints(str(tmp_path), keep=2)
     for step in range(1, 5):
-        checkpoints.save(step, {"w": np.full(2, step, np.float32)}, iterator, {"step": step})
+        state, meta = {"w": np.full(2, step, np.float32)}, {"step": step}
+        checkpoints.save(step, state, iterator, meta, train_ids=["0", "1", "2", "3"])
     checkpoints.close()
     assert checkpoint.finished_steps(str(tmp_path / "checkpoints")) == [3, 4]
 

@@ -313,6 +313,7 @@ def test_a_non_finite_gradient_norm_or_parameter_stops_the_save():
         checkpoints=SimpleNamespace(save=lambda step, *_: saved.append(step)),
         iterator=None,
         meta={},
+        train_ids=[],
     )
     batch = {"num_truncated": np.zeros(8, np.int32), "num_unreadable": np.zeros(8, np.int32)}
     window = train.LogWindow()
