@@ -6,7 +6,6 @@ import json
 import os
 
 import numpy as np
-from tensorboardX import SummaryWriter
 
 
 class MetricsWriter:
@@ -32,6 +31,10 @@ class MetricsWriter:
         self._jsonl = open(self.jsonl_path, "a")  # noqa: SIM115 (closed in close())
         # purge_step: TensorBoard hides the earlier event files' later steps
         tensorboard_dir = os.path.join(self.workdir, "tensorboard")
+        # imported here: tensorboardX imports torch when it is installed (seconds),
+        # which processes that write no metrics (all but process 0) need not
+        from tensorboardX import SummaryWriter
+
         self._tensorboard = SummaryWriter(tensorboard_dir, purge_step=start_step + 1)
 
     def rewind(self, step: int) -> None:

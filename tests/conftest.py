@@ -18,9 +18,13 @@ jax.config.update("jax_platforms", "cpu")
 
 _CACHE_DIR = tempfile.mkdtemp(prefix="ssd_jax_tests_xla_cache_")
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
-os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "1"
+# Every program, however quick to compile: a command started by a test compiles
+# dozens of small ones as it builds its model eagerly (0.01-0.5 s each, 5-10 s in
+# all), and the next command then loads them (measured: a 3-step configs/tiny.py
+# run 14 s instead of 21-25 s).
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 # The PyTorch-equivalence tests run in the Python 3.11 suite, where the dev extra
 # installs torch's CPU build; for Python 3.12+ the package index offers only a
