@@ -11,19 +11,19 @@ run goes on unlocked, with a warning.
 import datetime
 import errno
 import fcntl
+import itertools
 import json
 import logging
 import os
 import socket
 import sys
 
-import numpy as np
-
 from ssd_jax.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 LOCK = "train.lock"
+_CALLS = itertools.count()  # every process calls lock_run_directory in the same order
 
 
 class WorkdirInUseError(UserError, RuntimeError):
@@ -99,23 +99,33 @@ class WorkdirLock:
 
 def lock_run_directory(workdir: str) -> WorkdirLock | None:
     """Process 0 takes the run directory's lock; returns it there, else None. If
-    another live run holds it, every process raises :class:`WorkdirInUseError`."""
+    another live run holds it, every process raises :class:`WorkdirInUseError`
+    with process 0's message."""
     import jax
 
-    lock, error = None, None
+    lock, refusal = None, ""
     if jax.process_index() == 0:
         try:
             lock = WorkdirLock(workdir)
         except WorkdirInUseError as refused:
-            error = refused
+            refusal = str(refused)
     if jax.process_count() > 1:  # every process learns whether process 0 got it
-        from jax.experimental import multihost_utils
-
-        held = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
-        if not held and error is None:
-            error = WorkdirInUseError(
-                f"{workdir} is in use by another training run (process 0 says which)"
-            )
-    if error is not None:
-        raise error
+        refusal = _from_process_0(f"ssd_jax/lock/{next(_CALLS)}", refusal)
+    if refusal:
+        raise WorkdirInUseError(refusal)
     return lock
+
+
+def _from_process_0(key: str, text: str, timeout_s: float = 600) -> str:
+    """Process 0's ``text`` on every process, through the key-value store of JAX's
+    coordination service: a device collective for it hangs with gloo on jax 0.12,
+    and it runs before any is compiled."""
+    import jax
+    from jax._src import distributed  # the client Orbax uses too; jax has no public one
+
+    client = distributed.global_state.client
+    if jax.process_index() == 0:
+        client.key_value_set(key, text or "-")
+        return text
+    answer = client.blocking_key_value_get(key, int(timeout_s * 1000))
+    return "" if answer == "-" else answer
