@@ -101,7 +101,7 @@ def main(argv: list[str]) -> None:
     mesh = parallel.make_data_mesh()
     kind = config.data.train.kind
     num_classes = len(config.data.class_names or (COCO_CLASSES if kind == "coco" else VOC_CLASSES))
-    image_size = build.default_box_spec(config.model).image_size
+    image_size = build.image_size(config.model)
     host_batch = synthetic_batch(FLAGS.batch_size, image_size, config.data.max_boxes)
     batch = parallel.shard_batch(host_batch, mesh)
     decoded = parallel.shard_batch(decoded_batch(host_batch, FLAGS.max_side), mesh)

@@ -27,6 +27,38 @@ def default_box_spec(model_config: ml_collections.ConfigDict) -> default_boxes.D
     return default_boxes.preset(model_config.default_boxes or model_config.architecture)
 
 
+def image_size(model_config: ml_collections.ConfigDict) -> int:
+    """The side of the network's square input, in pixels (its default-box preset's)."""
+    return default_box_spec(model_config).image_size
+
+
+def train_dataset(
+    config: ml_collections.ConfigDict, source, shard_index: int = 0, shard_count: int = 1
+):
+    """Shard ``shard_index`` of ``shard_count`` of ``source`` as augmented,
+    fixed-shape training batches of ``batch_size // shard_count`` images (a Grain
+    ``MapDataset``: :func:`ssd_jax.data.pipeline.train_dataset`). A zoomed-out
+    image's canvas takes the input normalization's mean, on the host as on the
+    device (:func:`device_augmentation`)."""
+    from ssd_jax.data import pipeline  # here: inference loads no Grain
+
+    return pipeline.train_dataset(
+        source,
+        image_size=image_size(config.model),
+        batch_size=config.batch_size // shard_count,
+        seed=config.seed,
+        max_boxes=config.data.max_boxes,
+        fill_rgb=tuple(config.data.mean),
+        keep_difficult=config.data.keep_difficult,
+        keep_crowd=config.data.keep_crowd,
+        augment=config.data.augment,
+        augment_on=augment_on(config.data),
+        max_side=config.data.decode_max_side,
+        shard_index=shard_index,
+        shard_count=shard_count,
+    )
+
+
 def source(data_config: ml_collections.ConfigDict, class_names: tuple[str, ...] | None):
     """A data source from one ``config.data.train`` / ``config.data.eval`` block;
     ``class_names`` None means the dataset's own list."""
@@ -135,6 +167,6 @@ def device_augmentation(
     return functools.partial(
         device_augment.augment_step,
         seed=config.seed,
-        size=default_box_spec(config.model).image_size,
+        size=image_size(config.model),
         fill_rgb=tuple(config.data.mean),
     )

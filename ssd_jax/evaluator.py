@@ -133,7 +133,7 @@ def make_evaluator(
     return Evaluator(
         eval_step,
         build.source(config.data.eval, class_names),
-        image_size=build.default_box_spec(config.model).image_size,
+        image_size=build.image_size(config.model),
         batch_size=config.batch_size,
         max_boxes=config.data.max_boxes,
         metric=metric or config.eval_metric,

@@ -117,7 +117,7 @@ def load_detector(path: str, step: int | None = None, batch_size: int = 8) -> De
     location = checkpoint.locate(path, step)
     config = checkpoint.saved_config(checkpoint.read_meta(location))
     graphdef, variables = restore_network(location, config)
-    image_size = build.default_box_spec(config.model).image_size
+    image_size = build.image_size(config.model)
     settings = build.step_settings(config)
     return Detector(graphdef, variables, settings, config.data.class_names, image_size, batch_size)
 

@@ -145,7 +145,8 @@ def _setup_locked(config, workdir: str, mesh, lock, opened: contextlib.ExitStack
     train_step = steps.make_train_step(graphdef, optimizer, schedule, settings, augment)
     evaluator = make_evaluator(config, graphdef, mesh) if config.eval_every else None
     iterator = pipeline.make_iterator(
-        _train_dataset(config, train_source), num_workers=config.data.num_workers
+        build.train_dataset(config, train_source, jax.process_index(), jax.process_count()),
+        num_workers=config.data.num_workers,
     )
     if hasattr(iterator, "close"):
         opened.callback(iterator.close)
@@ -180,24 +181,6 @@ def _setup_locked(config, workdir: str, mesh, lock, opened: contextlib.ExitStack
     )
     opened.pop_all()  # the run owns them now: Run.close releases them
     return run
-
-
-def _train_dataset(config: ml_collections.ConfigDict, source):
-    """This process's shard of ``source`` as augmented, fixed-shape batches."""
-    return pipeline.train_dataset(
-        source,
-        image_size=build.default_box_spec(config.model).image_size,
-        batch_size=config.batch_size // jax.process_count(),
-        seed=config.seed,
-        max_boxes=config.data.max_boxes,
-        keep_difficult=config.data.keep_difficult,
-        keep_crowd=config.data.keep_crowd,
-        augment=config.data.augment,
-        augment_on=build.augment_on(config.data),
-        max_side=config.data.decode_max_side,
-        shard_index=jax.process_index(),
-        shard_count=jax.process_count(),
-    )
 
 
 def _save(run: Run, step: int, window: LogWindow, last_checkpoint: int | None) -> None:

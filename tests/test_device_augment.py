@@ -351,3 +351,25 @@ def test_augment_on_is_validated_and_auto_picks_the_host_on_cpu():
     config.data.augment_on = "auto"
     assert build.augment_on(config.data) == "host"
     assert build.device_augmentation(config) is None
+
+
+def test_a_zoomed_out_canvas_takes_the_configured_mean_on_the_host_and_on_the_device():
+    """A zoom-out places the image on a canvas of the input normalization's mean
+    (the README: "the dataset mean"). Found: the host path painted the ImageNet
+    mean whatever data.mean said; only the device path was given it."""
+    config = tiny_device_config()
+    config.data.mean = (10.0, 200.0, 30.0)  # far from the ImageNet mean
+    source = build.source(config.data.train, config.data.class_names)
+
+    def canvas_share(images) -> float:  # pixels of exactly the fill colour
+        return float(np.mean(np.all(np.round(images) == [10, 200, 30], axis=-1)))
+
+    augment_on_device = build.device_augmentation(config)
+    batches = pipeline.make_iterator(build.train_dataset(config, source))
+    on_device = [augment_on_device(np.int32(k), next(batches))["image"] for k in range(3)]
+    config.data.augment_on = "host"
+    batches = pipeline.make_iterator(build.train_dataset(config, source))
+    on_host = [next(batches)["image"] for _ in range(3)]
+    # zoom-outs (half the images) by up to 4x, then crops: a good part is canvas
+    assert canvas_share(np.stack(on_device)) > 0.05
+    assert canvas_share(np.stack(on_host)) > 0.05

@@ -27,26 +27,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def single_process_run(workdir, monkeypatch):
+def single_process_run(workdir):
     """configs/tiny.py set up in this process (8 devices), fed the global batches
     of a 2-process run: process 0's shard batch, then process 1's."""
     config = load_config_file(os.path.join(ROOT, "configs", "tiny.py"))
     config.num_steps = 3
     run = train.setup(config, str(workdir))
-    shards = []
-    for index in (0, 1):  # the datasets the two processes build
-        with monkeypatch.context() as patch:
-            patch.setattr(jax, "process_count", lambda: 2)
-            patch.setattr(jax, "process_index", lambda index=index: index)
-            dataset = train._train_dataset(
-                run.config, build.source(run.config.data.train, run.config.data.class_names)
-            )
-        shards.append(pipeline.make_iterator(dataset))
+    source = build.source(run.config.data.train, run.config.data.class_names)
+    # the datasets the two processes build
+    shards = [pipeline.make_iterator(build.train_dataset(run.config, source, i, 2)) for i in (0, 1)]
     return run, shards
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one_process_on_the_same_global_batches(tmp_path, monkeypatch):
+def test_two_processes_train_like_one_process_on_the_same_global_batches(tmp_path):
     """Two JAX processes on localhost (gloo CPU collectives, 2 devices each) train
     3 steps of configs/tiny.py. Each feeds its own shard (disjoint image ids), both
     write their iterator state, and the result equals one process (8 devices)
@@ -90,7 +84,7 @@ def test_two_processes_train_like_one_process_on_the_same_global_batches(tmp_pat
         for ids_0, ids_1 in zip(fed[0][kind], fed[1][kind]):
             assert len(ids_0) == len(ids_1) == 4 and not set(ids_0) & set(ids_1)
 
-    run, shards = single_process_run(tmp_path / "one", monkeypatch)
+    run, shards = single_process_run(tmp_path / "one")
     try:
         initial = flat_params(run.state)
         for step in range(3):
