@@ -7,7 +7,8 @@ Two formats, named in every function and argument:
 * ``cxcywh``: (center x, center y, width, height); default boxes.
 
 All functions are pure ``jax.numpy``, work on any leading batch shape ``(..., 4)``
-and compute in float32.
+and compute in float32, except :func:`iou_xyxy`, the one definition of IoU in the
+package, which host code (NumPy, float64) shares through its ``xp`` argument.
 """
 
 import jax
@@ -35,6 +36,34 @@ def area_xyxy(boxes_xyxy: jax.Array) -> jax.Array:
     return size[..., 0] * size[..., 1]
 
 
+def iou_xyxy(boxes1_xyxy, boxes2_xyxy, *, plus_one: float = 0.0, xp=jnp):
+    """Intersection over union of boxes paired by broadcasting.
+
+    Args:
+      boxes1_xyxy, boxes2_xyxy: (..., 4) xyxy, broadcastable against each other
+        (``a[:, None]`` with ``b[None]`` gives every pair).
+      plus_one: 0 for continuous coordinates; 1 for the VOC devkit's pixel
+        coordinates, where a box spans ``x_max - x_min + 1`` pixels.
+      xp: the array module: ``jax.numpy``, or ``numpy`` for host code (its dtype,
+        e.g. float64, is kept).
+
+    Returns:
+      (...) IoU in [0, 1]. A pair whose union is empty (two zero-area boxes) has
+      IoU 0 rather than NaN; inverted boxes have area 0.
+    """
+    top_left = xp.maximum(boxes1_xyxy[..., :2], boxes2_xyxy[..., :2])
+    bottom_right = xp.minimum(boxes1_xyxy[..., 2:], boxes2_xyxy[..., 2:])
+    size = xp.maximum(bottom_right - top_left + plus_one, 0)
+    intersection = size[..., 0] * size[..., 1]
+    union = _area(boxes1_xyxy, plus_one, xp) + _area(boxes2_xyxy, plus_one, xp) - intersection
+    return xp.where(union > 0, intersection / xp.where(union > 0, union, 1), 0)
+
+
+def _area(boxes_xyxy, plus_one: float, xp):
+    size = xp.maximum(boxes_xyxy[..., 2:] - boxes_xyxy[..., :2] + plus_one, 0)
+    return size[..., 0] * size[..., 1]
+
+
 def pairwise_iou_xyxy(boxes1_xyxy: jax.Array, boxes2_xyxy: jax.Array) -> jax.Array:
     """Intersection over union of every pair.
 
@@ -48,9 +77,4 @@ def pairwise_iou_xyxy(boxes1_xyxy: jax.Array, boxes2_xyxy: jax.Array) -> jax.Arr
     """
     boxes1_xyxy = jnp.asarray(boxes1_xyxy, jnp.float32)
     boxes2_xyxy = jnp.asarray(boxes2_xyxy, jnp.float32)
-    top_left = jnp.maximum(boxes1_xyxy[:, None, :2], boxes2_xyxy[None, :, :2])  # (N, M, 2)
-    bottom_right = jnp.minimum(boxes1_xyxy[:, None, 2:], boxes2_xyxy[None, :, 2:])
-    size = jnp.maximum(bottom_right - top_left, 0.0)
-    intersection = size[..., 0] * size[..., 1]  # (N, M)
-    union = area_xyxy(boxes1_xyxy)[:, None] + area_xyxy(boxes2_xyxy)[None, :] - intersection
-    return jnp.where(union > 0, intersection / jnp.where(union > 0, union, 1.0), 0.0)
+    return iou_xyxy(boxes1_xyxy[:, None, :], boxes2_xyxy[None, :, :])

@@ -53,3 +53,21 @@ def test_iou_matches_loop_reference():
     result = boxes.pairwise_iou_xyxy(a, b)
     assert result.shape == (17, 23)
     np.testing.assert_allclose(result, expected, atol=1e-6)
+
+
+def test_host_iou_keeps_numpy_float64_and_the_devkit_pixel_convention():
+    """The one IoU for NumPy callers (augmentation, the VOC metric, the examples):
+    float64 kept, and with plus_one=1 the VOC devkit's pixels, where a box spans
+    x_max - x_min + 1 pixels: (0, 0, 9, 9) and (5, 5, 14, 14) are 10x10 boxes
+    sharing 5x5 pixels, 25 / (100 + 100 - 25)."""
+    a = np.array([[0.0, 0.0, 9.0, 9.0]])
+    b = np.array([[5.0, 5.0, 14.0, 14.0], [10.0, 0.0, 19.0, 9.0], [0.0, 0.0, 9.0, 9.0]])
+    pixels = boxes.iou_xyxy(a, b, plus_one=1, xp=np)
+    assert isinstance(pixels, np.ndarray) and pixels.dtype == np.float64
+    np.testing.assert_array_equal(pixels, [25 / 175, 0.0, 1.0])  # (10, .) only touches
+    continuous = boxes.iou_xyxy(a, b, xp=np)  # 4x4 shared of 9x9 boxes
+    np.testing.assert_allclose(continuous, [16 / (81 + 81 - 16), 0.0, 1.0], rtol=1e-15)
+    rng = np.random.default_rng(2)
+    x, y = (random_boxes_xyxy(rng, n).astype(np.float64) for n in (5, 7))
+    np.testing.assert_allclose(boxes.iou_xyxy(x[:, None], y[None], xp=np),
+                               [[ref.iou(p, q) for q in y] for p in x], rtol=1e-12)  # fmt: skip

@@ -13,6 +13,7 @@ import dataclasses
 import cv2
 import numpy as np
 
+from ssd_jax.boxes import iou_xyxy
 from ssd_jax.data.photometric import photometric_distort
 
 # the paper's sampler: no crop, minimum IoU 0.1 ... 0.9, or any patch
@@ -73,13 +74,7 @@ def expand(
 
 def iou_with_patches(boxes: np.ndarray, patches: np.ndarray) -> np.ndarray:
     """IoU of (N, 4) xyxy boxes with each of (T, 4) xyxy patches -> (T, N)."""
-    top_left = np.maximum(boxes[None, :, :2], patches[:, None, :2])
-    bottom_right = np.minimum(boxes[None, :, 2:], patches[:, None, 2:])
-    intersection = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
-    box_areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
-    patch_areas = np.prod(patches[:, 2:] - patches[:, :2], axis=1)
-    union = box_areas[None] + patch_areas[:, None] - intersection
-    return intersection / np.maximum(union, 1e-12)
+    return iou_xyxy(boxes[None], patches[:, None], xp=np)
 
 
 def sample_crop(

@@ -22,6 +22,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ssd_jax.boxes import iou_xyxy
+
 # the paper's sampler, as augment.CROP_MIN_IOUS with NaN for "no crop"
 CROP_MIN_IOUS = (float("nan"), 0.1, 0.3, 0.5, 0.7, 0.9, 0.0)
 
@@ -104,16 +106,6 @@ def _centres_inside(boxes_xyxy: jax.Array, patches_xyxy: jax.Array) -> jax.Array
     return jnp.all(above & below, axis=-1)
 
 
-def _iou_with_patches(boxes_xyxy: jax.Array, patches_xyxy: jax.Array) -> jax.Array:
-    """(T, M) IoU of (M, 4) boxes with (T, 4) patches."""
-    top_left = jnp.maximum(boxes_xyxy[None, :, :2], patches_xyxy[:, None, :2])
-    bottom_right = jnp.minimum(boxes_xyxy[None, :, 2:], patches_xyxy[:, None, 2:])
-    intersection = jnp.prod(jnp.clip(bottom_right - top_left, 0), axis=-1)
-    box_areas = jnp.prod(boxes_xyxy[:, 2:] - boxes_xyxy[:, :2], axis=-1)
-    patch_areas = jnp.prod(patches_xyxy[:, 2:] - patches_xyxy[:, :2], axis=-1)
-    return intersection / jnp.maximum(box_areas[None] + patch_areas[:, None] - intersection, 1e-12)
-
-
 def _sample_patch(
     key: jax.Array,
     boxes_xyxy: jax.Array,
@@ -142,7 +134,7 @@ def _sample_patch(
     patches = patches / jnp.stack([width, height, width, height])  # (T, 4)
 
     holds = _centres_inside(boxes_xyxy, patches) & mask[None]
-    good = jnp.any(holds & (_iou_with_patches(boxes_xyxy, patches) >= min_iou), axis=1)
+    good = jnp.any(holds & (iou_xyxy(boxes_xyxy[None], patches[:, None]) >= min_iou), axis=1)
     has_boxes = jnp.any(mask)
     # an image without boxes takes the first patch (as the host sampler)
     cropped = ~jnp.isnan(min_iou) & (jnp.any(good) | ~has_boxes)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from ssd_jax.boxes import iou_xyxy
 from ssd_jax.evaluation import voc
 from ssd_jax.visualize import draw_normalized_boxes, image_grid
 
@@ -29,7 +30,7 @@ def image_errors(
     false = 0
     for k in shown:
         box = np.asarray(det.boxes, np.float64)[k]
-        ious = _iou_xyxy(box, boxes)
+        ious = iou_xyxy(box[None], boxes, xp=np)  # NumPy: a handful per image
         ious = np.where(labels == det.labels[k], ious, -1.0)
         best = int(np.argmax(ious)) if len(ious) else -1
         if best < 0 or ious[best] < match_iou_threshold:
@@ -38,16 +39,6 @@ def image_errors(
             false += int(found[best])  # a second detection of a found object
             found[best] = True
     return int((~found & ~difficult).sum()), false
-
-
-def _iou_xyxy(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one (4,) xyxy box with (N, 4) xyxy boxes (NumPy: a handful per image)."""
-    corners_low = np.maximum(box[:2], boxes[:, :2])
-    corners_high = np.minimum(box[2:], boxes[:, 2:])
-    intersection = np.prod(np.clip(corners_high - corners_low, 0, None), axis=1)
-    areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
-    union = np.prod(box[2:] - box[:2]) + areas - intersection
-    return intersection / np.maximum(union, 1e-12)
 
 
 class Examples:

@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ssd_jax.boxes import iou_xyxy
+
 
 class ImageGroundTruth(NamedTuple):
     """Ground truth of one image: ``boxes`` (N, 4) normalized xyxy, ``labels`` (N,)
@@ -73,26 +75,14 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, use_07_metric: 
     return float(np.sum((recall[changes + 1] - recall[changes]) * precision[changes + 1]))
 
 
-def _pairwise_pixel_iou_rows(a: np.ndarray, b: np.ndarray, plus_one: float) -> np.ndarray:
-    """(D, M) IoU of each (D, 4) box ``a[d]`` with its own (D, M, 4) boxes ``b[d]``,
-    xyxy; ``plus_one`` = 1 for devkit pixels (a box spans x_max - x_min + 1 pixels)."""
-    a = a[:, None, :]
-    width = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + plus_one
-    height = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + plus_one
-    intersection = np.maximum(width, 0) * np.maximum(height, 0)
-    area_a = (a[..., 2] - a[..., 0] + plus_one) * (a[..., 3] - a[..., 1] + plus_one)
-    area_b = (b[..., 2] - b[..., 0] + plus_one) * (b[..., 3] - b[..., 1] + plus_one)
-    with np.errstate(invalid="ignore", divide="ignore"):  # padding rows: 0 / 0
-        return intersection / (area_a + area_b - intersection)
-
-
 def _greedy_matches(
     det_boxes: np.ndarray, images: np.ndarray, label: int, gt_boxes: np.ndarray,
     gt_labels: np.ndarray, gt_difficult: np.ndarray, plus_one: float, match_iou_threshold: float,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """True- and false-positive flags (D,) of one class's detections, best score
     first: (D, 4) boxes of ``images`` (D,), against ground truth padded to (I, M)."""
-    overlaps = _pairwise_pixel_iou_rows(det_boxes, gt_boxes[images], plus_one)
+    # (D, M): each detection with the ground truth of its own image
+    overlaps = iou_xyxy(det_boxes[:, None], gt_boxes[images], plus_one=plus_one, xp=np)
     overlaps = np.where(gt_labels[images] == label, overlaps, -np.inf)  # (D, M)
     best_gt = np.argmax(overlaps, axis=1) if len(images) else np.zeros(0, int)
     best_iou = overlaps[np.arange(len(images)), best_gt]
