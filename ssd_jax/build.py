@@ -14,9 +14,7 @@ import optax
 from flax import nnx
 
 from ssd_jax import default_boxes, optim
-from ssd_jax.data import device_augment
-from ssd_jax.data.sources import CocoSource, TfdsSource, VocSource
-from ssd_jax.data.synthetic import SHAPE_NAMES, SyntheticShapes
+from ssd_jax.data import device_augment, formats
 from ssd_jax.models import SSD
 from ssd_jax.steps import StepSettings
 
@@ -60,39 +58,11 @@ def train_dataset(
 
 
 def source(data_config: ml_collections.ConfigDict, class_names: tuple[str, ...] | None):
-    """A data source from one ``config.data.train`` / ``config.data.eval`` block;
-    ``class_names`` None means the dataset's own list."""
-    kind = data_config.kind
-    if kind == "voc":
-        splits = [tuple(entry.rsplit(":", 1)) for entry in data_config.voc_splits]
-        if not splits or any(len(s) != 2 or not all(s) for s in splits):
-            raise ValueError(
-                f"voc_splits must be 'root:split' entries, got {data_config.voc_splits}"
-            )
-        return VocSource(splits, **({"class_names": class_names} if class_names else {}))
-    if kind == "coco":
-        return CocoSource(data_config.annotation_file, data_config.image_dir, class_names)
-    if kind == "tfds":
-        tfds_dir = data_config.data_dir or None
-        return TfdsSource(data_config.tfds_name, data_config.tfds_split, tfds_dir, class_names)
-    if kind == "synthetic":
-        return _synthetic_source(data_config, class_names)
-    raise ValueError(f"unknown data kind {kind!r}: voc, coco, tfds or synthetic")
-
-
-def _synthetic_source(data_config: ml_collections.ConfigDict, class_names) -> SyntheticShapes:
-    num_classes = len(class_names) if class_names else 4
-    if class_names and tuple(class_names) != SHAPE_NAMES[:num_classes]:
-        raise ValueError(f"synthetic class_names must be a prefix of {SHAPE_NAMES}")
-    return SyntheticShapes(
-        data_config.num_images,
-        num_classes=num_classes,
-        image_size=(data_config.image_height, data_config.image_width),
-        max_objects=data_config.max_objects,
-        seed=data_config.seed,
-        min_size=data_config.min_size,
-        max_size=data_config.max_size,
-    )
+    """The data source (:class:`~ssd_jax.data.formats.Source`) of one
+    ``config.data.train`` / ``config.data.eval`` block, by its ``kind``
+    (:data:`~ssd_jax.data.formats.FORMATS`); ``class_names`` None means the
+    dataset's own list."""
+    return formats.open_source(data_config, class_names)
 
 
 def model(model_config: ml_collections.ConfigDict, num_classes: int, seed: int) -> SSD:

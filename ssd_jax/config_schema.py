@@ -13,30 +13,35 @@ from typing import Any
 
 import ml_collections
 
+from ssd_jax.data.formats import FORMATS, missing_keys
 from ssd_jax.data.imagenet import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from ssd_jax.default_boxes import PRESETS
 from ssd_jax.errors import UserError
 
 ARCHITECTURES = ("ssd300", "ssd512")
 AUGMENT_PLACES = ("auto", "host", "device")
-DATA_KINDS = ("voc", "coco", "tfds", "synthetic")
+DATA_KINDS = tuple(FORMATS)
 ON_TRAIN_CHANGE = ("refuse", "restart_epoch")
 
 
 def data_config(kind: str = "voc") -> ml_collections.ConfigDict:
     """Where one split's examples come from.
 
-    ``kind``: ``"voc"`` (``voc_splits``: list of "root:split"), ``"coco"``
-    (``annotation_file``, ``image_dir``), ``"tfds"`` (``tfds_name``, ``tfds_split``,
-    ``data_dir``) or ``"synthetic"`` (``num_images``, ``seed``, ``image_height``,
-    ``image_width``, ``max_objects``, ``min_size``, ``max_size``: shape diameters
-    as fractions of the shorter side).
+    ``kind`` names a format of :data:`ssd_jax.data.formats.FORMATS`:
+    ``"voc"`` (``voc_splits``: list of "root:split"), ``"coco"``
+    (``annotation_file``, ``image_dir``), ``"yolo"`` (``yolo_data``: a data.yaml,
+    ``yolo_split``: its ``train``, ``val`` or ``test``), ``"tfds"`` (``tfds_name``,
+    ``tfds_split``, ``data_dir``) or ``"synthetic"`` (``num_images``, ``seed``,
+    ``image_height``, ``image_width``, ``max_objects``, ``min_size``, ``max_size``:
+    shape diameters as fractions of the shorter side).
     """
     return ml_collections.ConfigDict({
         "kind": kind,
         "voc_splits": ("",),
         "annotation_file": "",
         "image_dir": "",
+        "yolo_data": "",
+        "yolo_split": "",
         "tfds_name": "",
         "tfds_split": "",
         "data_dir": "",
@@ -161,6 +166,7 @@ def _rules(config: ml_collections.ConfigDict) -> list[tuple[str, bool, str]]:
         ("model.width", config.model.width > 0, "positive"),
         ("data.train.kind", config.data.train.kind in DATA_KINDS, str(DATA_KINDS)),
         ("data.eval.kind", config.data.eval.kind in DATA_KINDS, str(DATA_KINDS)),
+        *_format_rules(config),
         ("data.max_boxes", config.data.max_boxes >= 1, "at least 1"),
         ("data.augment_on", config.data.augment_on in AUGMENT_PLACES, str(AUGMENT_PLACES)),
         ("data.decode_max_side", config.data.decode_max_side >= 16, "at least 16"),
@@ -183,6 +189,17 @@ def _rules(config: ml_collections.ConfigDict) -> list[tuple[str, bool, str]]:
         ("detection.nms_iou_threshold", 0 < detection.nms_iou_threshold <= 1, "in (0, 1]"),
         ("detection.top_k_per_class", detection.top_k_per_class >= 1, "at least 1"),
         ("detection.max_detections", detection.max_detections >= 1, "at least 1"),
+    ]  # fmt: skip
+
+
+def _format_rules(config: ml_collections.ConfigDict) -> list[tuple[str, bool, str]]:
+    """A rule for each key that a split's format reads and that is not set."""
+    return [
+        (f"data.{split}.{key}", False,
+         f"set: data.{split}.kind = {config.data[split].kind!r} reads "
+         f"{FORMATS[config.data[split].kind].what}")
+        for split in ("train", "eval")
+        for key in missing_keys(config.data[split])
     ]  # fmt: skip
 
 

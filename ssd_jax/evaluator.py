@@ -118,8 +118,8 @@ class Evaluator:
             detections,
             self.source.class_names,
             self.metric,
-            category_ids=getattr(self.source, "category_ids", None),
-            coco_annotation_file=getattr(self.source, "annotation_file", None),
+            category_ids=self.source.category_ids,
+            coco_annotation_file=self.source.annotation_file,
         )
 
 

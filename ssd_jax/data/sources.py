@@ -1,11 +1,9 @@
 """Random-access detection sources: local VOC- and COCO-style folders, and
 prepared TFDS datasets read without TensorFlow.
 
-Every source has ``len()``, ``source[i]`` -> an example (see
-:mod:`ssd_jax.data.example`), ``class_names`` (label k is ``class_names[k - 1]``),
-``skipped`` (a :class:`~ssd_jax.data.example.SkipCounter`) and ``example_ids()``
-(what names each example, in order: a checkpoint records them so that a resume
-notices a changed dataset), so it plugs into Grain as a ``RandomAccessDataSource``.
+Every source follows :class:`ssd_jax.data.formats.Source` (examples by index,
+class names, skip counts, example ids, COCO category ids), so it plugs into Grain
+as a ``RandomAccessDataSource``; :data:`ssd_jax.data.formats.FORMATS` names them.
 """
 
 import collections
@@ -36,6 +34,8 @@ class _AnnotatedImages:
     """A source of parsed annotation records that reads each image on access."""
 
     _records: list[dict]
+    category_ids: tuple[int, ...] | None = None  # see ssd_jax.data.formats.Source
+    annotation_file: str | None = None
 
     def __len__(self) -> int:
         return len(self._records)
@@ -312,6 +312,7 @@ class TfdsSource:
         data_dir = os.path.expanduser(data_dir or "~/tensorflow_datasets")
         builder = tfds.builder_from_directory(_latest_version_dir(data_dir, name))
         self.name, self.split, self.version = name, split, str(builder.version)
+        self.category_ids, self.annotation_file = None, None  # (COCO ids: below)
         self._is_coco = name.startswith("coco/")
         self._source = builder.as_data_source(split=split)
         # TFDS orders labels as our lists do (VOC alphabetically, COCO by category id).

@@ -89,7 +89,7 @@ def _colour(rng: np.random.Generator) -> np.ndarray:
 
 
 class SyntheticShapes:
-    """In-memory synthetic shapes dataset (a Grain random-access source).
+    """In-memory synthetic shapes dataset (a :class:`~ssd_jax.data.formats.Source`).
 
     Args:
       num_images: number of examples.
@@ -121,6 +121,9 @@ class SyntheticShapes:
         self.seed = seed
         self.size_range = (min_size, max_size)
         self.skipped = SkipCounter()  # nothing is ever skipped; kept for the source interface
+
+    category_ids = None  # labels are the model's own
+    annotation_file = None
 
     def example_ids(self) -> list[str]:
         """The position of each image (the seed, in the configuration, fixes the rest)."""
@@ -261,3 +264,29 @@ def write_coco(annotation_file: str, image_dir: str, source: SyntheticShapes) ->
             })  # fmt: skip
     with open(annotation_file, "w") as f:
         json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+
+
+def write_yolo(root: str, splits: dict[str, SyntheticShapes]) -> str:
+    """Writes a YOLO-format dataset at ``root`` (:mod:`ssd_jax.data.yolo`): split
+    ``s`` image ``i`` as ``images/s/{i:06d}.jpg`` with ``labels/s/{i:06d}.txt``
+    (boxes to 6 decimals), and ``data.yaml`` naming the classes; returns its path."""
+    names = next(iter(splits.values())).class_names
+    for split, source in splits.items():
+        for sub in ("images", "labels"):
+            os.makedirs(os.path.join(root, sub, split), exist_ok=True)
+        for index in range(len(source)):
+            example = source[index]
+            cv2.imwrite(os.path.join(root, "images", split, f"{index:06d}.jpg"),
+                        cv2.cvtColor(example["image"], cv2.COLOR_RGB2BGR),
+                        [cv2.IMWRITE_JPEG_QUALITY, 95])  # fmt: skip
+            xyxy = np.asarray(example["boxes"], np.float64)
+            cxcywh = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], 1)
+            lines = [f"{label - 1} " + " ".join(f"{v:.6f}" for v in box) + "\n"
+                     for label, box in zip(example["labels"], cxcywh, strict=True)]  # fmt: skip
+            with open(os.path.join(root, "labels", split, f"{index:06d}.txt"), "w") as file:
+                file.writelines(lines)
+    path = os.path.join(root, "data.yaml")
+    with open(path, "w") as file:
+        file.write("path: .\n" + "".join(f"{s}: images/{s}\n" for s in splits))
+        file.write("names:\n" + "".join(f"  {k}: {name}\n" for k, name in enumerate(names)))
+    return path
