@@ -8,7 +8,10 @@ ImageSets/Main/<split>.txt) with your own classes; fine-tunes from a VOC model.
         --config.init.checkpoint=runs/ssd300_voc/checkpoints
 
 Objects of classes not in class_names are skipped (and counted). For a COCO-style
-folder set data.train.kind="coco" with annotation_file and image_dir instead.
+folder set data.train.kind="coco" with annotation_file and image_dir instead; for
+a YOLO-format one (data.yaml, images/, labels/) set kind="yolo" with
+yolo_data=my_data/data.yaml and yolo_split="train" (data.eval: "val"), and
+class_names to the data file's names or a subset.
 Expected result: depends on the data; the confidence heads are re-initialized
 for the new class count, everything else starts from init.checkpoint.
 """
