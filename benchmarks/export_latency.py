@@ -50,13 +50,13 @@ def main(argv: list[str]) -> None:
     del argv
     import onnxruntime
 
-    from ssd_jax import onnx_export
+    from ssd_jax.exporters import jax_export, onnx_export
 
     for name in ("jax2onnx", "onnx_ir"):
         logging.getLogger(name).setLevel(logging.ERROR)
     detector = make_detector(FLAGS.width)
-    exported, _ = inference.export_detector(detector, platforms=("cpu",))
-    model, _ = onnx_export.export_onnx(detector)
+    exported, _ = jax_export.export_detector(detector, platforms=("cpu",))
+    model = onnx_export.export_onnx(detector)
     session = onnxruntime.InferenceSession(model.SerializeToString())
     rows = [measure(detector, exported, session, int(size)) for size in FLAGS.batch_sizes]
     write_report(FLAGS.output, "export_latency", rows, width=FLAGS.width, jax=jax.__version__,

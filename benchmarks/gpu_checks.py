@@ -23,9 +23,10 @@ from absl import app, flags
 from flax import nnx
 
 from benchmarks.common import define_output_flag, write_report
-from ssd_jax import default_boxes, inference
+from ssd_jax import default_boxes
 from ssd_jax.data.pipeline import pad_objects
 from ssd_jax.data.synthetic import SyntheticShapes
+from ssd_jax.exporters import jax_export
 from ssd_jax.models import SSD
 from ssd_jax.steps import (
     StepSettings,
@@ -43,7 +44,7 @@ def check_exports(folder: str) -> list[dict]:
     rows = []
     for path in sorted(glob.glob(os.path.join(folder, "detector_*.jaxexport"))):
         tag = os.path.basename(path)[len("detector_") : -len(".jaxexport")]
-        exported, _ = inference.load_export(path)
+        exported, _ = jax_export.load_export(path)
         try:
             found = {k: np.asarray(v) for k, v in exported.call(jnp.asarray(images)).items()}
         except jax.errors.JaxRuntimeError as error:  # e.g. written by a newer jax

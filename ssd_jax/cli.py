@@ -64,6 +64,42 @@ def _quiet_orbax() -> None:
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
+class _ConsoleFormat(logging.Formatter):
+    """A library record as a command prints it: the message, ``warning: `` or
+    ``error: `` before it from WARNING up."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {message}"
+        return message
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to the ``sys.stdout`` of the moment (tests capture it)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def print_library_logs() -> None:
+    """Shows the package's log records from INFO up on stdout, as the commands'
+    own lines (the library logs what it does; a command shows it): ``resumed
+    from ...``, ``stopped after step ...``, a skipped image's warning."""
+    logger = logging.getLogger("ssd_jax")
+    if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
+        handler = _StdoutHandler()
+        handler.setFormatter(_ConsoleFormat("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # not again through absl's handler
+
+
 def quiet_flags_parser(argv: list[str]) -> list[str]:
     """absl's flag parsing, at WARNING verbosity and without Orbax's log records
     unless ``--verbosity``/``-v`` is given: Orbax logs every checkpoint save and
@@ -87,6 +123,7 @@ def quiet_flags_parser(argv: list[str]) -> list[str]:
         sys.exit(f"error: a --config.* override names a key the configuration does not have: "
                  f"{name!r}" + (f" (did you mean {hint.group(1)!r}?)" if hint else ""))  # fmt: skip
     _check_config_files()
+    print_library_logs()
     return parsed
 
 

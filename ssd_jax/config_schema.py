@@ -17,6 +17,7 @@ from ssd_jax.data.formats import FORMATS, missing_keys
 from ssd_jax.data.imagenet import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from ssd_jax.default_boxes import PRESETS
 from ssd_jax.errors import UserError
+from ssd_jax.evaluation.scoring import METRICS
 
 ARCHITECTURES = ("ssd300", "ssd512")
 AUGMENT_PLACES = ("auto", "host", "device")
@@ -123,7 +124,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3
     config.eval_every = 5_000
     config.eval_batches = 0  # 0 = the whole eval split
-    config.eval_metric = "voc"  # "voc" (VOC07 11-point and all-point mAP) or "coco"
+    config.eval_metric = "voc"  # a key of evaluation.scoring.METRICS: "voc" or "coco"
     config.distributed = False  # call jax.distributed.initialize() (multi-host)
     # multi-process: a process that sends JAX's coordination service no heartbeat for
     # this long is taken for lost, and the others stop (see ssd_jax.supervisor)
@@ -154,7 +155,7 @@ def _rules(config: ml_collections.ConfigDict) -> list[tuple[str, bool, str]]:
         ("eval_every", config.eval_every >= 0, "0 (no evaluation) or more"),
         ("eval_batches", config.eval_batches >= 0, "0 (the whole split) or more"),
         ("keep_checkpoints", config.keep_checkpoints >= 1, "at least 1"),
-        ("eval_metric", config.eval_metric in ("voc", "coco"), "'voc' or 'coco'"),
+        ("eval_metric", config.eval_metric in METRICS, f"one of {', '.join(METRICS)}"),
         ("on_nonfinite", config.on_nonfinite in ("stop", "rollback"), "'stop' or 'rollback'"),
         ("rollback.max_times", config.rollback.max_times >= 1, "at least 1"),
         ("rollback.learning_rate_factor", 0 < config.rollback.learning_rate_factor <= 1,

@@ -1,7 +1,9 @@
 r"""Imports a trained PyTorch SSD detector as an ssd_jax checkpoint.
 
-    python -m ssd_jax.convert --from pytorch_ssd|ssd.pytorch|torchvision \
-        --input FILE --output DIR [--class_names a,b,c]
+    python -m ssd_jax.convert --from NAME --input FILE --output DIR [--class_names a,b,c]
+
+``NAME`` is a key of :data:`ssd_jax.importers.detectors.IMPORTERS` (today
+``pytorch_ssd``, ``ssd.pytorch``, ``torchvision``); ``--help`` lists them.
 
 writes ``DIR/checkpoints/0`` in the layout training writes, so ``evaluate``,
 ``predict``, ``export`` (``--checkpoint DIR``) and fine-tuning
@@ -29,7 +31,7 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
     from ssd_jax import cli
 
-    flags.DEFINE_enum("from", None, list(IMPORTERS), "Which PyTorch SSD the weights come from.")
+    flags.DEFINE_enum("from", None, list(IMPORTERS), "Which detector the weights come from.")
     flags.DEFINE_string("input", None, "State dict file (.pth, .safetensors or .npz).")
     flags.DEFINE_string("output", None, "Output directory (checkpoints go to OUTPUT/checkpoints).")
     flags.DEFINE_string("class_names", "", "Comma-separated class names (default: by count).")

@@ -48,6 +48,8 @@ if __name__ == "__main__":
     cli.define_checkpoint_flags()
     flags.adopt_module_key_flags(cli)  # --checkpoint and --step in --help
     flags.DEFINE_string("output", "eval.json", "Where to write the JSON results.")
-    flags.DEFINE_enum("metric", None, ["voc", "coco"], "Metric (default: the config's).")
+    from ssd_jax.evaluation.scoring import METRICS
+
+    flags.DEFINE_enum("metric", None, list(METRICS), "Metric (default: the config's).")
     config_flags.DEFINE_config_file("config", None, "Configuration (default: the checkpoint's).")
     cli.run(main)

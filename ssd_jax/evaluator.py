@@ -52,7 +52,7 @@ class Evaluator:
         if len(source) == 0:
             raise DataError("the eval split holds no image: check config.data.eval")
         if metric not in scoring.METRICS:
-            raise ValueError(f"unknown metric {metric!r}: one of {scoring.METRICS}")
+            raise ValueError(f"unknown metric {metric!r}: one of {', '.join(scoring.METRICS)}")
         self.source = source
         self.metric = metric
         self.max_batches = max_batches

@@ -6,7 +6,8 @@ with JAX alone, or as an ONNX model (``--format onnx``) for onnxruntime.
     python -m ssd_jax.export --checkpoint runs/shapes --format onnx --output detector.onnx
 
 writes the file and ``<output>.json`` (class names, input size, and for
-``jax.export`` the platforms and the jax version). To run them::
+``jax.export`` the platforms and the jax version); the formats are the table
+:data:`ssd_jax.exporters.EXPORTERS`. To run them::
 
     import jax, numpy as np
     with open("detector.jaxexport", "rb") as f:
@@ -34,59 +35,51 @@ from absl import flags
 
 from ssd_jax import checkpoint, cli
 from ssd_jax.errors import UserError
-from ssd_jax.inference import EXPORT_PLATFORMS, export_detector, load_detector, save_export
+from ssd_jax.exporters import EXPORTERS, export
+from ssd_jax.exporters.jax_export import PLATFORMS
+from ssd_jax.inference import load_detector
 
 FLAGS = flags.FLAGS
+OPTION_FLAGS = sorted({name for exporter in EXPORTERS.values() for name in exporter.options})
 
 
-def _check_flags() -> None:
-    """The jax-only flags, before anything is loaded."""
-    if FLAGS.format == "onnx":
-        given = [f"--{n}" for n in ("batch_size", "platforms") if FLAGS[n].present]
-        if given:
-            raise UserError(f"{' and '.join(given)}: only for --format jax (ONNX models "
-                            "take any batch size and run wherever onnxruntime does)")  # fmt: skip
-        return
-    if FLAGS.batch_size is not None and FLAGS.batch_size < 1:
-        raise UserError(f"--batch_size {FLAGS.batch_size}: give 1 or more, or leave it out (any)")
-    unknown = [name for name in FLAGS.platforms if name not in EXPORT_PLATFORMS]
-    repeated = len(set(FLAGS.platforms)) < len(FLAGS.platforms)
-    if unknown or repeated or not FLAGS.platforms:
-        raise UserError(
-            f"--platforms {','.join(FLAGS.platforms)}: give one or more of "
-            f"{','.join(EXPORT_PLATFORMS)}, each once (jax's names; 'gpu' is cuda or rocm)"
-        )
+def _options() -> dict:
+    """The chosen format's options from the flags, checked before anything is
+    loaded; a flag of another format is an error."""
+    exporter = EXPORTERS[FLAGS.format]
+    foreign = [n for n in OPTION_FLAGS if FLAGS[n].present and n not in exporter.options]
+    if foreign:
+        takers = [name for name, e in EXPORTERS.items() if foreign[0] in e.options]
+        raise UserError(f"{' and '.join('--' + n for n in foreign)}: only for --format "
+                        f"{' or '.join(takers)} ({FLAGS.format}: {exporter.what})")  # fmt: skip
+    options = {name: FLAGS[name].value for name in exporter.options}
+    if exporter.check:
+        exporter.check(**options)
+    return options
 
 
 def main(argv: list[str]) -> None:
     del argv
-    output = FLAGS.output or f"detector.{'onnx' if FLAGS.format == 'onnx' else 'jaxexport'}"
-    _check_flags()
+    exporter = EXPORTERS[FLAGS.format]
+    output = FLAGS.output or f"detector{exporter.suffix}"
+    options = _options()
     checkpoint.locate(FLAGS.checkpoint, FLAGS.step)  # a wrong one creates no output folder
     cli.prepare_output_file(output)
-    if FLAGS.format == "onnx":
-        from ssd_jax import onnx_export
-
-        onnx_export.require_onnx()  # before the checkpoint is read
-        for name in ("jax2onnx", "onnx_ir"):  # their conversion notes are not for users
-            logging.getLogger(name).setLevel(logging.ERROR)
-        model, info = onnx_export.export_onnx(load_detector(FLAGS.checkpoint, FLAGS.step))
-        onnx_export.save_onnx(model, info, output)
-        target = f"onnxruntime, opset {model.opset_import[0].version}"
-    else:
-        detector = load_detector(FLAGS.checkpoint, FLAGS.step)
-        exported, info = export_detector(detector, FLAGS.batch_size, FLAGS.platforms)
-        save_export(exported, info, output)
-        target = ", ".join(info["platforms"])
+    if exporter.require:
+        exporter.require()  # before the checkpoint is read
+    for name in ("jax2onnx", "onnx_ir"):  # their conversion notes are not for users
+        logging.getLogger(name).setLevel(logging.ERROR)
+    info = export(load_detector(FLAGS.checkpoint, FLAGS.step), FLAGS.format, output, **options)
     size = os.path.getsize(output) / 1e6
-    print(f"wrote {output} ({size:.1f} MB, for {target}) and its .json")
+    print(f"wrote {output} ({size:.1f} MB, for {info['runs_on']}) and its .json")
 
 
 if __name__ == "__main__":
     cli.define_checkpoint_flags()
     flags.adopt_module_key_flags(cli)  # --checkpoint and --step in --help
-    flags.DEFINE_enum("format", "jax", ["jax", "onnx"], "jax.export artifact or ONNX model.")
-    flags.DEFINE_string("output", None, "Where to write (default detector.jaxexport / .onnx).")
+    flags.DEFINE_enum("format", "jax", list(EXPORTERS),
+                      "; ".join(f"{name}: {e.what}" for name, e in EXPORTERS.items()))  # fmt: skip
+    flags.DEFINE_string("output", None, "Where to write (default detector.<format's suffix>).")
     flags.DEFINE_integer("batch_size", None, "Fixed batch size (default: symbolic, any).")
-    flags.DEFINE_list("platforms", list(EXPORT_PLATFORMS), "Backends to lower for (jax).")
+    flags.DEFINE_list("platforms", list(PLATFORMS), "Backends to lower for.")
     cli.run(main)

@@ -1,16 +1,13 @@
 """Detection with a trained checkpoint: :func:`load_detector`, the
-:class:`Detector` it returns, :func:`draw_detections`, and the portable export of
-a detector with ``jax.export``.
+:class:`Detector` it returns and :func:`draw_detections` (exporting a detector:
+:mod:`ssd_jax.exporters`).
 
 Importing this module loads neither the trainer nor Grain nor TensorBoard.
 """
 
-import json
-import os
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -131,59 +128,3 @@ def draw_detections(image: np.ndarray, detections: list[dict]) -> np.ndarray:
         [d["label"] for d in detections],
         [f"{d['class']} {d['score']:.2f}" for d in detections],
     )
-
-
-EXPORT_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
-
-
-def export_detector(
-    detector: Detector,
-    batch_size: int | None = None,
-    platforms: Sequence[str] = EXPORT_PLATFORMS,
-) -> tuple[jax.export.Exported, dict]:
-    """``(exported, info)``: the whole detector (uint8 normalization, network,
-    decoding, NMS; the weights inside) as a ``jax.export.Exported`` taking uint8
-    (B, S, S, 3) RGB images (B symbolic unless ``batch_size``) and returning a dict
-    of :class:`ssd_jax.postprocess.Detections` fields; ``info`` holds
-    ``class_names``, the input size ``image_size`` S and the ``platforms``.
-
-    Lowered for every backend in ``platforms`` (any of them, whichever backend
-    exports): one artifact exported on a laptop runs on CPUs, NVIDIA and AMD GPUs
-    and TPUs; the weights are stored once, so each platform adds ~1 %."""
-    # Host copies: the weights become constants of the artifact, not sharded arrays.
-    weights = jax.tree.map(np.asarray, jax.device_get(detector.variables))
-    detect_step = steps.make_detect_step(detector.graphdef, detector.settings)
-
-    def detect(images: jax.Array) -> dict[str, jax.Array]:
-        return detect_step(jax.tree.map(jnp.asarray, weights), images)._asdict()
-
-    size = detector.image_size
-    (batch,) = jax.export.symbolic_shape("b") if batch_size is None else (batch_size,)
-    images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8)
-    exported = jax.export.export(jax.jit(detect), platforms=tuple(platforms))(images)
-    info = {
-        "platforms": list(exported.platforms),
-        "jax_version": jax.__version__,  # loads in this jax and newer ones
-        "class_names": list(detector.class_names),
-        "image_size": size,
-        "input": "uint8 RGB (B, S, S, 3), resized to S x S",
-        "output": "boxes_xyxy normalized to [0, 1]; classes 1..C index class_names[c - 1]",
-    }
-    return exported, info
-
-
-def save_export(exported: jax.export.Exported, info: dict, path: str) -> None:
-    """Writes ``path`` (the serialized artifact) and ``path + ".json"`` (``info``)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(exported.serialize())
-    with open(path + ".json", "w") as f:
-        json.dump(info, f, indent=2)
-
-
-def load_export(path: str) -> tuple[jax.export.Exported, dict]:
-    """The artifact written by :func:`save_export` and its ``info``."""
-    with open(path, "rb") as f:
-        exported = jax.export.deserialize(bytearray(f.read()))
-    with open(path + ".json") as f:
-        return exported, json.load(f)

@@ -155,7 +155,7 @@ def make_train_step(
     return train_step
 
 
-def _inference_model(graphdef: nnx.GraphDef, variables: Variables) -> nnx.Module:
+def inference_model(graphdef: nnx.GraphDef, variables: Variables) -> nnx.Module:
     """The model with BatchNorm on its running statistics."""
     model = nnx.merge(graphdef, variables["params"], variables["batch_stats"], copy=True)
     model.eval()
@@ -170,7 +170,7 @@ def make_eval_step(
     (``loss``, ``loc``, ``conf``, ``num_pos``) and the batch's :class:`Detections`."""
 
     def eval_step(variables: Variables, batch: dict) -> tuple[dict, Detections]:
-        model = _inference_model(graphdef, variables)
+        model = inference_model(graphdef, variables)
         loc, conf = model(settings.network_input(batch["image"]))
         loss, parts = _loss(loc, conf, batch, settings)
         return {"loss": loss, **parts}, _detect(loc, conf, settings)
@@ -185,7 +185,7 @@ def make_detect_step(
     images: the network in inference mode, then :func:`ssd_jax.postprocess.detect`."""
 
     def detect_step(variables: Variables, images: jax.Array) -> Detections:
-        loc, conf = _inference_model(graphdef, variables)(settings.network_input(images))
+        loc, conf = inference_model(graphdef, variables)(settings.network_input(images))
         return _detect(loc, conf, settings)
 
     return detect_step

@@ -10,6 +10,7 @@ checkpoint. What lands in the workdir: see ``train_and_evaluate``.
 
 import contextlib
 import dataclasses
+import logging
 import math
 import os
 import sys
@@ -29,6 +30,8 @@ from ssd_jax.evaluator import Evaluator, make_evaluator
 from ssd_jax.log_window import LogWindow
 from ssd_jax.metrics_writer import MetricsWriter, plot_learning_curve
 from ssd_jax.progress import Progress
+
+logger = logging.getLogger(__name__)
 
 # what the train step reads (image_hw: decoded batches for device augmentation)
 TRAIN_KEYS = ("image", "image_hw", "boxes", "labels", "mask")
@@ -80,8 +83,8 @@ def resolve_config(
         normalization = checkpoint.backbone_normalization(config.init.backbone)
         if normalization is not None:  # the backbone's input convention wins
             config.data.mean, config.data.std = normalization
-            print(f"input normalization of {config.init.backbone}: mean {normalization[0]} "
-                  f"std {normalization[1]}", flush=True)  # fmt: skip
+            logger.info(f"input normalization of {config.init.backbone}: mean "
+                        f"{normalization[0]} std {normalization[1]}")  # fmt: skip
     return config
 
 
@@ -133,7 +136,7 @@ def _setup_locked(config, workdir: str, mesh, lock, opened: contextlib.ExitStack
     class_names = tuple(config.data.class_names) if config.data.class_names else None
     train_source = build.source(config.data.train, class_names)
     if jax.process_index() == 0:  # every process reads the same annotations: one report
-        print(train_source.skipped.report("train data"), flush=True)
+        logger.info(train_source.skipped.report("train data"))
     config = resolve_config(config, train_source.class_names)
 
     model = build.model(config.model, len(config.data.class_names), config.seed)
@@ -219,7 +222,7 @@ def _evaluate(run: Run, step: int, progress: Progress) -> None:
         if run.evaluator.examples:
             figure = run.evaluator.examples.figure(run.config.data.class_names)
             run.writer.write_image(step, "eval/best_and_worst", figure)
-        name, value = scoring.headline(result)
+        name, value = scoring.headline(result, run.evaluator.metric)
         evaluated, total = run.evaluator.num_images, len(run.evaluator.source)
         subset = f" ({evaluated} of {total} images)" if evaluated < total else ""
         unreadable = result.get("unreadable_images", 0)
@@ -238,8 +241,8 @@ def train(run: Run) -> steps.TrainState:
     config = run.config
     step = int(jax.device_get(run.state["step"]))
     if step >= config.num_steps:
-        print(f"{run.checkpoints.directory} is at step {step} of {config.num_steps}: "
-              "nothing to train (raise num_steps to go on)", flush=True)  # fmt: skip
+        logger.info(f"{run.checkpoints.directory} is at step {step} of {config.num_steps}: "
+                    "nothing to train (raise num_steps to go on)")  # fmt: skip
     last_checkpoint = run.checkpoints.latest_step()
     window, progress = LogWindow(), _progress(step, config.num_steps, config.log_every)
     while step < config.num_steps:
@@ -263,14 +266,14 @@ def train(run: Run) -> steps.TrainState:
             window, progress = LogWindow(), _progress(step, config.num_steps, config.log_every)
         if stopping and step < config.num_steps:
             progress.close()
-            print(f"stopped after step {step} on request (SIGTERM) with checkpoint step "
-                  f"{last_checkpoint}: rerun the same command to go on", flush=True)  # fmt: skip
+            logger.info(f"stopped after step {step} on request (SIGTERM) with checkpoint step "
+                        f"{last_checkpoint}: rerun the same command to go on")  # fmt: skip
             return run.state
     progress.close()
     if run.unreadable.indices:
         count, names = len(run.unreadable.indices), run.unreadable.names()
-        print(f"skipped {count} unreadable training images (the next readable image took "
-              f"their place): {names}", flush=True)  # fmt: skip
+        logger.warning(f"skipped {count} unreadable training images (the next readable image "
+                       f"took their place): {names}")  # fmt: skip
     return run.state
 
 
@@ -313,9 +316,9 @@ def _roll_back(run: Run, error: NonFiniteLossError) -> int:
     if run.writer:
         run.writer.rewind(restored)
     events, limit = len(run.rollbacks.events), run.rollbacks.max_times
-    print(f"warning: {error.problem}; rolled back to step {restored} ({events} of {limit} "
-          f"rollbacks), skipping the batches of steps {restored + 1}-{error.step}, learning "
-          f"rate x{run.rollbacks.learning_rate_scale:g} from now on", flush=True)  # fmt: skip
+    logger.warning(f"{error.problem}; rolled back to step {restored} ({events} of {limit} "
+                   f"rollbacks), skipping the batches of steps {restored + 1}-{error.step}, "
+                   f"learning rate x{run.rollbacks.learning_rate_scale:g} from now on")  # fmt: skip
     return restored
 
 

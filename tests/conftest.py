@@ -34,3 +34,10 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 FLOOR_STACK_TESTS = ["test_convert.py", "test_onnx.py", "test_reference_training.py"]
 if sys.version_info >= (3, 12):
     collect_ignore = FLOOR_STACK_TESTS
+
+# The package's log records ("resumed from ...", warnings) on stdout, as the
+# commands show them: tests of library calls read them where users of the
+# commands do.
+from ssd_jax import cli  # noqa: E402
+
+cli.print_library_logs()

@@ -54,7 +54,7 @@ CONFIG_EDGES = [
     ("eval_every", 0, -1, "0 (no evaluation) or more"),
     ("eval_batches", 0, -1, "0 (the whole split) or more"),
     ("keep_checkpoints", 1, 0, "at least 1"),
-    ("eval_metric", "coco", "map", "'voc' or 'coco'"),
+    ("eval_metric", "coco", "map", "one of voc, coco"),
     ("on_nonfinite", "rollback", "skip", "'stop' or 'rollback'"),
     ("rollback.max_times", 1, 0, "at least 1"),
     ("rollback.learning_rate_factor", 1.0, 0.0, "in (0, 1]"),

@@ -13,6 +13,7 @@ import pytest
 from ssd_jax import inference
 from ssd_jax.data.augment import resize
 from ssd_jax.data.synthetic import SHAPE_NAMES, SyntheticShapes
+from ssd_jax.exporters import jax_export
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "data", "checkpoint_v0.1")
@@ -123,7 +124,7 @@ def test_the_export_command_writes_a_detector_for_every_platform_that_runs_alone
     for name in ("boxes_xyxy", "scores", "classes"):
         got, want = found[name][confident], np.asarray(getattr(expected, name))[confident]
         np.testing.assert_allclose(got, want, atol=1e-5)
-    reloaded, reloaded_info = inference.load_export(str(tmp_path / "detector.jaxexport"))
+    reloaded, reloaded_info = jax_export.load_export(str(tmp_path / "detector.jaxexport"))
     assert reloaded_info["class_names"] == list(SHAPE_NAMES[:3])
     assert reloaded.in_avals[0].dtype == np.uint8
     assert reloaded.platforms == ("cpu", "cuda", "rocm", "tpu")
@@ -135,7 +136,7 @@ def test_the_export_command_writes_a_detector_for_every_platform_that_runs_alone
         "error: --platforms gpu: give one or more of cpu,cuda,rocm,tpu, each once (jax's "
         "names; 'gpu' is cuda or rocm)"
     )
-    gpu_only, _ = inference.export_detector(detector, platforms=("cuda",))
+    gpu_only, _ = jax_export.export_detector(detector, platforms=("cuda",))
     with pytest.raises(ValueError, match="cpu"):  # lowered for a GPU only: a CPU refuses it
         gpu_only.call(images)
 

@@ -194,15 +194,14 @@ class TrainingCheckpoints:
                 continue
             for bad_step, error in damaged_steps:
                 aside = self.set_aside(bad_step)
-                print(f"warning: {error}\n  set aside as {aside}; going on from step {step}",
-                      flush=True)  # fmt: skip
+                logger.warning(f"{error}\n  set aside as {aside}; going on from step {step}")
             for key in CARRIED_META:
                 meta[key] = list(saved.get(key, []))
             if change:
                 meta["train_data_changes"].append({"step": step, "change": change})
-                print(f"the training data changed ({change}): going on from step {step} with a "
-                      "new pass over the new list (data.on_train_change)", flush=True)  # fmt: skip
-            print(f"resumed from {self.directory} at step {step}", flush=True)
+                logger.info(f"the training data changed ({change}): going on from step {step} "
+                            "with a new pass over the new list (data.on_train_change)")  # fmt: skip
+            logger.info(f"resumed from {self.directory} at step {step}")
             return state
         if damaged_steps:
             raise DamagedCheckpointError(

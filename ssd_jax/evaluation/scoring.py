@@ -1,14 +1,13 @@
 """From evaluation batches and detections to metrics: per-image records and the
 VOC or COCO summary that training and ``python -m ssd_jax.evaluate`` report."""
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from ssd_jax.evaluation import coco, voc
 from ssd_jax.postprocess import Detections
-
-METRICS = ("voc", "coco")
 
 
 def batch_records(
@@ -42,6 +41,48 @@ def batch_records(
     return gts, dets
 
 
+def _voc(ground_truth, detections, class_names, category_ids, annotation_file, backend):
+    result = voc.mean_average_precision(
+        ground_truth, detections, len(class_names), use_07_metric=True
+    )
+    per_class = {f"ap/{n}": float(a) for n, a in zip(class_names, result.ap, strict=True)}
+    return {"map": result.map, "map_area": result.map_area, **per_class}
+
+
+def _coco(ground_truth, detections, class_names, category_ids, annotation_file, backend):
+    category_ids = category_ids or range(1, len(class_names) + 1)
+    image_ids = [k if gt.image_id is None else gt.image_id for k, gt in enumerate(ground_truth)]
+    if annotation_file:
+        dataset = coco.load_dataset(annotation_file, image_ids, category_ids)
+    else:
+        dataset = coco.ground_truth_dataset(ground_truth, image_ids, category_ids, class_names)
+    results = coco.results_from_detections(
+        detections, image_ids, [gt.size for gt in ground_truth], category_ids
+    )
+    return coco.bbox_stats(dataset, results, backend)
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A detection metric: what it reports, its headline (printed name and result
+    key) and ``score(ground_truth, detections, class_names, category_ids,
+    annotation_file, backend) -> dict``."""
+
+    what: str
+    headline: tuple[str, str]
+    score: Callable[..., dict[str, float]]
+
+
+# The metrics ``eval_metric`` and ``evaluate --metric`` can name; validation, flag
+# choices and messages come from this table.
+METRICS: dict[str, Metric] = {
+    "voc": Metric("VOC07 11-point mAP (map), all-point mAP (map_area), AP per class",
+                  ("mAP", "map"), _voc),
+    "coco": Metric("COCO's 12 numbers (AP at IoU 0.5:0.95, AP50, ...), AP per class",
+                   ("AP", "AP"), _coco),
+}  # fmt: skip
+
+
 def score(
     ground_truth: Sequence[voc.ImageGroundTruth],
     detections: Sequence[voc.ImageDetections],
@@ -51,7 +92,7 @@ def score(
     coco_annotation_file: str | None = None,
     coco_backend: str = "faster_coco_eval",
 ) -> dict[str, float]:
-    """The summary of one metric over all images.
+    """The summary of one metric (a key of :data:`METRICS`) over all images.
 
     ``"voc"``: ``map`` (VOC2007 11-point), ``map_area`` (VOC2010+ all-point) and
     ``ap/<class>`` (11-point). ``"coco"``: the 12 numbers of
@@ -60,26 +101,16 @@ def score(
     from the records (image ids default to positions). ``category_ids[k - 1]``
     is label k's dataset category id (default k).
     """
-    if metric == "voc":
-        result = voc.mean_average_precision(
-            ground_truth, detections, len(class_names), use_07_metric=True
-        )
-        per_class = {f"ap/{n}": float(a) for n, a in zip(class_names, result.ap, strict=True)}
-        return {"map": result.map, "map_area": result.map_area, **per_class}
-    if metric == "coco":
-        category_ids = category_ids or range(1, len(class_names) + 1)
-        image_ids = [k if gt.image_id is None else gt.image_id for k, gt in enumerate(ground_truth)]
-        if coco_annotation_file:
-            dataset = coco.load_dataset(coco_annotation_file, image_ids, category_ids)
-        else:
-            dataset = coco.ground_truth_dataset(ground_truth, image_ids, category_ids, class_names)
-        results = coco.results_from_detections(
-            detections, image_ids, [gt.size for gt in ground_truth], category_ids
-        )
-        return coco.bbox_stats(dataset, results, coco_backend)
-    raise ValueError(f"unknown metric {metric!r}: one of {METRICS}")
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}: one of {', '.join(METRICS)}")
+    return METRICS[metric].score(ground_truth, detections, class_names, category_ids,
+                                 coco_annotation_file, coco_backend)  # fmt: skip
 
 
-def headline(result: dict[str, float]) -> tuple[str, float]:
-    """The one number to print: VOC ``map`` or COCO ``AP``."""
-    return ("mAP", result["map"]) if "map" in result else ("AP", result["AP"])
+def headline(result: dict[str, float], metric: str | None = None) -> tuple[str, float]:
+    """The one number to print, ``(name, value)``: VOC ``mAP`` or COCO ``AP``
+    (``metric`` None: the metric whose headline key ``result`` holds)."""
+    if metric is None:
+        metric = next(name for name, m in METRICS.items() if m.headline[1] in result)
+    name, key = METRICS[metric].headline
+    return name, result[key]

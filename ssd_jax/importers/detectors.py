@@ -3,7 +3,7 @@ configuration that describes them: jjjkkkjjj/pytorch_SSD, amdegroot/ssd.pytorch
 and torchvision ``ssd300_vgg16``."""
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import ml_collections
 import numpy as np
@@ -35,7 +35,6 @@ EXTRA_NAMES = {
     "ssd300": ("conv8", "conv9", "conv10", "conv11"),
     "ssd512": ("conv8", "conv9", "conv10", "conv11", "conv12"),
 }
-IMPORTERS = ("pytorch_ssd", "ssd.pytorch", "torchvision")
 
 
 def _heads(
@@ -159,13 +158,24 @@ def from_torchvision(weights: Weights) -> tuple[Weights, dict]:
     return out, info
 
 
+# The detectors ``python -m ssd_jax.convert --from NAME`` imports: each maps a
+# state dict (flat names -> NumPy arrays) to our variables ("/"-joined paths) and
+# an ``info`` dict (architecture, batch_norm, num_classes, default_boxes, mean,
+# std, optionally class_names, top_k_per_class). The flag's choices and the
+# messages come from this table.
+IMPORTERS: dict[str, Callable[[Weights], tuple[Weights, dict]]] = {
+    "pytorch_ssd": from_pytorch_ssd,
+    "ssd.pytorch": from_ssd_pytorch,
+    "torchvision": from_torchvision,
+}
+
+
 def import_detector(kind: str, weights: Weights) -> tuple[Weights, dict]:
-    """Dispatches to the importer ``kind`` (one of :data:`IMPORTERS`)."""
-    importers = {"pytorch_ssd": from_pytorch_ssd, "ssd.pytorch": from_ssd_pytorch,
-                 "torchvision": from_torchvision}  # fmt: skip
-    if kind not in importers:
-        raise ValueError(f"unknown source {kind!r}: one of {IMPORTERS}")
-    converted, info = importers[kind](weights)
+    """Our variables and the ``info`` of the ``kind`` detector (a key of
+    :data:`IMPORTERS`) in the state dict ``weights``."""
+    if kind not in IMPORTERS:
+        raise ValueError(f"unknown source {kind!r}: one of {', '.join(IMPORTERS)}")
+    converted, info = IMPORTERS[kind](weights)
     info.setdefault("class_names", _default_class_names(info["num_classes"]))
     info["width"] = converted["vgg/conv1_1/conv/kernel"].shape[-1] / 64  # 1: VGG16's 64
     return converted, info

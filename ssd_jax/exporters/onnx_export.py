@@ -56,7 +56,7 @@ def _candidates_fn(detector: Detector):
     top_k = min(settings.top_k_per_class, len(default_boxes))
 
     def candidates(images: jax.Array) -> tuple[jax.Array, jax.Array]:
-        model = steps._inference_model(graphdef, jax.tree.map(jnp.asarray, weights))
+        model = steps.inference_model(graphdef, jax.tree.map(jnp.asarray, weights))
         loc, conf = model(settings.network_input(images))
         probs = jax.nn.softmax(conf.astype(jnp.float32), axis=-1)[..., 1:]  # (B, A, C)
         boxes = decode(loc, default_boxes)  # (B, A, 4)
@@ -130,8 +130,7 @@ def _two_d_max_pools(model):
 
 
 def export_onnx(detector: Detector):
-    """``(model, info)``: the detector as an ``onnx.ModelProto`` (see the module
-    docstring) and its ``info`` (class names, input size, outputs)."""
+    """The detector as an ``onnx.ModelProto`` (see the module docstring)."""
     _, onnx = require_onnx()
     helper, settings = onnx.helper, detector.settings
     num_classes, size = len(detector.class_names), detector.image_size
@@ -189,22 +188,11 @@ def export_onnx(detector: Detector):
     )
     model.ir_version = first.ir_version
     onnx.checker.check_model(model)
-    info = {
-        "class_names": list(detector.class_names),
-        "image_size": size,
-        "input": "uint8 RGB (B, S, S, 3), resized to S x S",
-        "output": "boxes_xyxy normalized to [0, 1]; classes 1..C index class_names[c - 1]",
-    }
-    return model, info
+    return model
 
 
-def save_onnx(model, info: dict, path: str) -> None:
-    """Writes ``path`` (the ONNX model) and ``path + ".json"`` (``info``)."""
-    import json
-    import os
-
-    _, onnx = require_onnx()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    onnx.save(model, path)
-    with open(path + ".json", "w") as f:
-        json.dump(info, f, indent=2)
+def to_bytes(detector: Detector) -> tuple[bytes, dict]:
+    """The serialized model of :func:`export_onnx` and its ``info`` (the opset)."""
+    model = export_onnx(detector)
+    opset = model.opset_import[0].version
+    return model.SerializeToString(), {"opset": opset, "runs_on": f"onnxruntime, opset {opset}"}
