@@ -17,6 +17,12 @@ Presets (:func:`preset`):
   project jjjkkkjjj/pytorch_SSD (centres ``(i + 0.5) / map_size``, linear scales
   with the last ``s'`` extrapolated past ``s_max``, and cx, cy, w, h each clamped to
   [0, 1]); needed to run detectors trained with it.
+* ``ssd300_ssd_pytorch``: the paper's SSD300 boxes clipped in cxcywh, as
+  amdegroot/ssd.pytorch builds them (``ssd300_ssd_pytorch_coco``: its COCO sizes).
+* ``ssd300_torchvision``: torchvision's ``ssd300_vgg16`` boxes.
+
+:data:`PRESETS` holds them all; ``model.default_boxes`` names one ('': the
+architecture's own).
 """
 
 import dataclasses

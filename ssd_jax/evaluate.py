@@ -19,10 +19,11 @@ beside the detections with score >= 0.5).
 import json
 import os
 
+import jax
 from absl import flags
 
 from ssd_jax import checkpoint, cli
-from ssd_jax.evaluator import evaluate_checkpoint, format_table
+from ssd_jax.evaluator import evaluate_checkpoint, format_table, write_figures
 
 FLAGS = flags.FLAGS
 
@@ -33,11 +34,12 @@ def main(argv: list[str]) -> None:
     cli.prepare_output_file(FLAGS.output)  # before the evaluation, not after it
     stem = os.path.splitext(FLAGS.output)[0]
     curves_png, examples_jpg = stem + "_pr.png", stem + "_examples.jpg"
-    result = evaluate_checkpoint(FLAGS.checkpoint, FLAGS.step, FLAGS.config, FLAGS.metric,
-                                 curves_png=curves_png, examples_jpg=examples_jpg)  # fmt: skip
-    print(format_table(result))
+    evaluation = evaluate_checkpoint(FLAGS.checkpoint, FLAGS.step, FLAGS.config, FLAGS.metric)
+    if jax.process_index() == 0:
+        write_figures(evaluation, curves_png, examples_jpg)
+    print(format_table(evaluation.metrics))
     with open(FLAGS.output, "w") as f:
-        json.dump(result, f, indent=2)
+        json.dump(evaluation.metrics, f, indent=2)
     print(f"wrote {FLAGS.output}, {curves_png} (precision-recall curves) and {examples_jpg} "
           "(the best and worst images)")  # fmt: skip
 

@@ -3,6 +3,7 @@ metric from the same forward passes. Training runs it every ``eval_every``
 steps; ``python -m ssd_jax.evaluate`` runs it on a checkpoint.
 """
 
+import dataclasses
 from collections.abc import Callable, Iterator
 
 import cv2
@@ -26,15 +27,31 @@ GROUND_TRUTH_KEYS = (
 )  # fmt: skip
 
 
+@dataclasses.dataclass
+class Evaluation:
+    """One pass over an eval split.
+
+    ``metrics``: the mean ``loss``, ``loc``, ``conf`` and ``num_pos`` over the
+    batches, ``unreadable_images`` if any, and the metric's numbers
+    (:func:`scoring.score`). ``ground_truth`` and ``detections``: the per-image
+    records it scored (:class:`~ssd_jax.evaluation.voc.ImageGroundTruth`,
+    :class:`~ssd_jax.evaluation.voc.ImageDetections`, boxes normalized xyxy).
+    ``class_names``: the labels' names; ``examples``: its best and worst images
+    (one process only; else None).
+    """
+
+    metrics: dict[str, float]
+    ground_truth: list
+    detections: list
+    class_names: tuple[str, ...]
+    examples: Examples | None
+
+
 class Evaluator:
     """Runs a jitted :func:`ssd_jax.steps.make_eval_step` over every image of
     ``source`` (or its first ``max_batches`` batches), each process on its shard,
-    and scores the gathered detections with ``metric`` ("voc" or "coco").
-
-    ``evaluator(variables)`` returns the mean ``loss``, ``loc``, ``conf`` and
-    ``num_pos`` over the batches, and the metric (:func:`scoring.score`); after it,
-    ``records`` holds the pass's ground truth and detections and ``examples``
-    (one process) its best and worst images.
+    and scores the gathered detections with ``metric`` (a key of
+    :data:`scoring.METRICS`): ``evaluator(variables)`` is an :class:`Evaluation`.
     """
 
     def __init__(
@@ -75,52 +92,58 @@ class Evaluator:
             return len(self.source)
         return min(len(self.source), self.max_batches * self._batch_size)
 
-    def _batches(self) -> Iterator[dict]:
+    def batches(self) -> Iterator[dict]:
+        """This process's host batches of a pass (``pipeline.eval_dataset``)."""
         for index, batch in enumerate(pipeline.make_iterator(self._dataset)):
             if self.max_batches and index >= self.max_batches:
                 return
             yield batch
 
-    def __call__(self, variables: steps.Variables, show_progress: bool = False) -> dict[str, float]:
-        losses, ground_truth, detections, unreadable = [], [], [], 0
-        self.examples = Examples() if jax.process_count() == 1 else None
-        progress = None
-        if show_progress and jax.process_index() == 0:
-            progress = Progress(
-                self.num_images, "evaluate", "image", line_every=self.num_images // 10
-            )
-        for batch in self._batches():
+    def _progress(self, show: bool) -> Progress | None:
+        if not show or jax.process_index() != 0:
+            return None
+        return Progress(self.num_images, "evaluate", "image", line_every=self.num_images // 10)
+
+    def __call__(self, variables: steps.Variables, show_progress: bool = False) -> Evaluation:
+        examples = Examples() if jax.process_count() == 1 else None
+        losses, pass_ = [], Evaluation({}, [], [], tuple(self.source.class_names), examples)
+        unreadable, progress = 0, self._progress(show_progress)
+        for batch in self.batches():
             batch_losses, found = self._eval_step(
                 variables, parallel.global_batch(batch, self._mesh, STEP_KEYS)
             )
             losses.append(batch_losses)
-            local = {key: np.asarray(batch[key]) for key in GROUND_TRUTH_KEYS}
-            gathered = multihost_utils.process_allgather({"found": found, "gt": local}, tiled=True)
-            gts, dets = scoring.batch_records(gathered["gt"], gathered["found"])
-            if self.examples:  # one process: its batch rows are the records' images
-                real = ~np.asarray(batch["is_padding"])
-                self.examples.add(np.asarray(batch["image"])[real], gts, dets)
-            unreadable += int(gathered["gt"]["unreadable"].sum())
-            ground_truth += gts
-            detections += dets
+            gts, dets, missing = self._gather(batch, found, pass_.examples)
+            pass_.ground_truth += gts
+            pass_.detections += dets
+            unreadable += missing
             if progress:  # the real images of the batch, read or not
-                real = len(gts) + int(gathered["gt"]["unreadable"].sum())
-                progress.update(min(real, progress.total - progress.done))
+                progress.update(min(len(gts) + missing, progress.total - progress.done))
         if progress:
             progress.close()
-        self.records = (ground_truth, detections)  # of the last pass, for figures
         losses = jax.device_get(losses)
-        result = {key: float(np.mean([loss[key] for loss in losses])) for key in losses[0]}
+        pass_.metrics = {key: float(np.mean([loss[key] for loss in losses])) for key in losses[0]}
         if unreadable:  # left out of the metric (scored as padding): say so
-            result["unreadable_images"] = unreadable
-        return result | scoring.score(
-            ground_truth,
-            detections,
+            pass_.metrics["unreadable_images"] = unreadable
+        pass_.metrics |= scoring.score(
+            pass_.ground_truth,
+            pass_.detections,
             self.source.class_names,
             self.metric,
             category_ids=self.source.category_ids,
             coco_annotation_file=self.source.annotation_file,
         )
+        return pass_
+
+    def _gather(self, batch: dict, found, examples: Examples | None) -> tuple[list, list, int]:
+        """The records of one batch from every process, and its unreadable images."""
+        local = {key: np.asarray(batch[key]) for key in GROUND_TRUTH_KEYS}
+        gathered = multihost_utils.process_allgather({"found": found, "gt": local}, tiled=True)
+        gts, dets = scoring.batch_records(gathered["gt"], gathered["found"])
+        if examples is not None:  # one process: its batch rows are the records' images
+            real = ~np.asarray(batch["is_padding"])
+            examples.add(np.asarray(batch["image"])[real], gts, dets)
+        return gts, dets, int(gathered["gt"]["unreadable"].sum())
 
 
 def make_evaluator(
@@ -147,17 +170,15 @@ def evaluate_checkpoint(
     step: int | None = None,
     config: ml_collections.ConfigDict | None = None,
     metric: str | None = None,
-    curves_png: str | None = None,
-    examples_jpg: str | None = None,
-) -> dict[str, float]:
-    """Eval loss and metric of the checkpoint at ``path`` (see
-    :func:`ssd_jax.checkpoint.locate`) over a whole eval split; its per-class
-    precision-recall curves in ``curves_png`` and its best and worst images in
-    ``examples_jpg`` when given.
+) -> Evaluation:
+    """The :class:`Evaluation` of the checkpoint at ``path`` (see
+    :func:`ssd_jax.checkpoint.locate`) over a whole eval split (its figures:
+    :func:`write_figures`).
 
     The split, batch size and metric come from the checkpoint's own configuration,
     or from ``config`` when given (the network's description always comes from the
-    checkpoint); ``metric`` ("voc" or "coco") overrides the configuration's.
+    checkpoint); ``metric`` (a key of :data:`scoring.METRICS`) overrides the
+    configuration's.
     """
     location = checkpoint.locate(path, step)
     saved = checkpoint.saved_config(checkpoint.read_meta(location))
@@ -171,13 +192,17 @@ def evaluate_checkpoint(
     graphdef, variables = inference.restore_network(location, config)
     mesh = parallel.make_data_mesh()
     evaluator = make_evaluator(config, graphdef, mesh, metric)
-    result = evaluator(jax.device_put(variables, parallel.replicated(mesh)), show_progress=True)
-    if curves_png and jax.process_index() == 0:
-        plot_precision_recall(*evaluator.records, evaluator.source.class_names, curves_png)
-    if examples_jpg and evaluator.examples:
-        figure = evaluator.examples.figure(evaluator.source.class_names)
+    return evaluator(jax.device_put(variables, parallel.replicated(mesh)), show_progress=True)
+
+
+def write_figures(evaluation: Evaluation, curves_png: str, examples_jpg: str) -> None:
+    """Each class's precision-recall curve in ``curves_png`` and the best and
+    worst images (when the evaluation kept them) in ``examples_jpg``."""
+    names = evaluation.class_names
+    plot_precision_recall(evaluation.ground_truth, evaluation.detections, names, curves_png)
+    if evaluation.examples:
+        figure = evaluation.examples.figure(names)
         cv2.imwrite(examples_jpg, cv2.cvtColor(figure, cv2.COLOR_RGB2BGR))
-    return result
 
 
 LOSS_KEYS = ("loss", "loc", "conf", "num_pos")  # the eval step's, see steps.make_eval_step

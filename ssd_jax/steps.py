@@ -1,7 +1,9 @@
 """The device steps of SSD: train, evaluate and detect.
 
-Each ``make_*`` function returns a pure function of (state, batch) that the
-caller jit-compiles over the data mesh. The train step holds everything that
+Each ``make_*`` function returns a pure function, not yet jitted, that the caller
+jit-compiles over the data mesh: ``train_step(state, batch, learning_rate_scale)
+-> (state, metrics)``, ``eval_step(variables, batch) -> (losses, detections)`` and
+``detect_step(variables, images) -> detections``. The train step holds everything that
 touches the batch on the device: uint8 -> normalized images, the network,
 matching (vmap), the multibox loss, gradients and the optax update. The eval
 step runs the network once per batch for both the loss and the detections. The

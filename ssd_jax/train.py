@@ -31,7 +31,7 @@ from ssd_jax.log_window import LogWindow
 from ssd_jax.metrics_writer import MetricsWriter, plot_learning_curve
 from ssd_jax.progress import Progress
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("ssd_jax.train")  # also when run as __main__
 
 # what the train step reads (image_hw: decoded batches for device augmentation)
 TRAIN_KEYS = ("image", "image_hw", "boxes", "labels", "mask")
@@ -107,6 +107,18 @@ def _initial_state(config, checkpoints, state: steps.TrainState, iterator, meta,
     return state
 
 
+def _no_compilation_cache_on_cpu_jobs() -> None:
+    """A multi-process CPU job compiles its programs instead of loading them from
+    JAX's persistent compilation cache: on jax 0.12, processes that load the train
+    step from it hang in its first gloo collective (2 of 3 two-process jobs on
+    the development machine; none without the cache)."""
+    if jax.process_count() == 1 or jax.default_backend() != "cpu":
+        return
+    if jax.config.jax_enable_compilation_cache and jax.config.jax_compilation_cache_dir:
+        logger.info("the persistent compilation cache is off for this multi-process CPU job")
+    jax.config.update("jax_enable_compilation_cache", False)
+
+
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Builds the run of ``config`` in ``workdir``: data, model, state (resumed,
     fine-tuned or fresh), the jitted train step, checkpoints, evaluator, metrics.
@@ -117,6 +129,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     if config.distributed and not jax.distributed.is_initialized():
         # finds the cluster (SLURM, TPU pod, ...) by itself
         jax.distributed.initialize(heartbeat_timeout_seconds=math.ceil(config.heartbeat_timeout_s))
+    _no_compilation_cache_on_cpu_jobs()
     if config.batch_size % jax.device_count():
         raise config_schema.ConfigError(
             f"batch_size = {config.batch_size}: must be a multiple of the {jax.device_count()} "
@@ -186,7 +199,7 @@ def _setup_locked(config, workdir: str, mesh, lock, opened: contextlib.ExitStack
     return run
 
 
-def _save(run: Run, step: int, window: LogWindow, last_checkpoint: int | None) -> None:
+def save_finite(run: Run, step: int, window: LogWindow, last_checkpoint: int | None) -> None:
     """Saves the run at ``step`` unless a step since the last check was not finite
     or the variables are not: a checkpoint never holds a diverged state."""
     window.check_finite(last_checkpoint)
@@ -216,11 +229,12 @@ def _values(record: dict) -> str:
 
 def _evaluate(run: Run, step: int, progress: Progress) -> None:
     variables = {part: run.state[part] for part in checkpoint.VARIABLE_PARTS}
-    result = run.evaluator(variables)
+    evaluation = run.evaluator(variables)
+    result = evaluation.metrics
     if run.writer:
         run.writer.write(step, result, prefix="eval")
-        if run.evaluator.examples:
-            figure = run.evaluator.examples.figure(run.config.data.class_names)
+        if evaluation.examples:
+            figure = evaluation.examples.figure(evaluation.class_names)
             run.writer.write_image(step, "eval/best_and_worst", figure)
         name, value = scoring.headline(result, run.evaluator.metric)
         evaluated, total = run.evaluator.num_images, len(run.evaluator.source)
@@ -295,7 +309,7 @@ def _log_save_evaluate(
             run.writer.write(step, summary)
             progress.update(step - progress.done, _values(summary))
     if step % config.checkpoint_every == 0 or last or stopping:
-        _save(run, step, window, last_checkpoint)
+        save_finite(run, step, window, last_checkpoint)
         last_checkpoint = step
     if stopping and not last:
         return last_checkpoint

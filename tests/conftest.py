@@ -37,7 +37,10 @@ if sys.version_info >= (3, 12):
 
 # The package's log records ("resumed from ...", warnings) on stdout, as the
 # commands show them: tests of library calls read them where users of the
-# commands do.
+# commands do; they reach pytest's caplog as well.
+import logging  # noqa: E402
+
 from ssd_jax import cli  # noqa: E402
 
 cli.print_library_logs()
+logging.getLogger("ssd_jax").propagate = True

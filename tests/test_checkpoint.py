@@ -124,7 +124,7 @@ def test_a_checkpoint_from_before_the_rework_gives_the_same_network_and_detectio
         config.eval_batches = 0
     replicated = jax.device_put(variables, parallel.replicated(mesh))
     for metric in ("voc", "coco"):
-        result = make_evaluator(config, graphdef, mesh, metric)(replicated)
+        result = make_evaluator(config, graphdef, mesh, metric)(replicated).metrics
         for name, value in EXPECTED["at_score_threshold_0.35"][metric].items():
             assert result[name] == pytest.approx(value, rel=1e-9), name
         # the loss from the same forward pass: float32 sums in another order

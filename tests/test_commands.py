@@ -179,7 +179,7 @@ def test_evaluate_command_takes_a_step_and_another_configuration(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     config = get_config()
     config.data.eval.num_images = 8
-    expected = evaluate_checkpoint(str(FIXTURE), 150, config)
+    expected = evaluate_checkpoint(str(FIXTURE), 150, config).metrics
     assert json.loads(output.read_text()) == pytest.approx(expected, rel=1e-6)
     assert expected["map"] < 0.5 and f"wrote {output}" in result.stdout
 

@@ -89,7 +89,7 @@ def host_result(image, boxes, labels, photo, geometry):
         distorted, boxes, geometry, SIZE, IMAGENET_MEAN_RGB
     )
     example = {"image_id": 0, "height": 0, "width": 0}
-    return augment._training_output(example, out, new_boxes, labels[kept], SIZE)
+    return augment.training_output(example, out, new_boxes, labels[kept], SIZE)
 
 
 def test_crop_modes_equal_the_host_samplers():

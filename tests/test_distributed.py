@@ -102,8 +102,9 @@ def test_two_processes_train_like_one_process_on_the_same_global_batches(tmp_pat
                 run.state, parallel.global_batch(batch, run.mesh, list(batch)), np.float32(1)
             )
         single = flat_params(run.state)
-        evaluated = run.evaluator({part: run.state[part] for part in checkpoint.VARIABLE_PARTS})
-        eval_ids = [batch["image_id"].tolist() for batch in run.evaluator._batches()]
+        variables = {part: run.state[part] for part in checkpoint.VARIABLE_PARTS}
+        evaluated = run.evaluator(variables).metrics
+        eval_ids = [batch["image_id"].tolist() for batch in run.evaluator.batches()]
     finally:
         run.close()
     for process in (0, 1):

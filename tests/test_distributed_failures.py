@@ -34,6 +34,8 @@ class Job:
 
     def __init__(self, workdir, **overrides):
         port = str(free_port())
+        # (the persistent compilation cache of conftest.py stays set: train turns it
+        # off for multi-process CPU jobs, which it hangs on jax 0.12)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "SLURM_"))}
         env.update(JAX_NUM_CPU_DEVICES="2", JAX_PLATFORMS="cpu",
                    JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", SLURM_JOB_ID="1",

@@ -17,6 +17,7 @@ import pytest
 
 from ssd_jax import checkpoint, config_schema, divergence, inference, train
 from ssd_jax.data.example import DataError
+from ssd_jax.log_window import LogWindow
 from ssd_jax.metrics_writer import MetricsWriter, read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -316,19 +317,19 @@ def test_a_non_finite_gradient_norm_or_parameter_stops_the_save():
         train_ids=[],
     )
     batch = {"num_truncated": np.zeros(8, np.int32), "num_unreadable": np.zeros(8, np.int32)}
-    window = train.LogWindow()
+    window = LogWindow()
     window.add(3, {"loss": 2.0, "loc": 1.5, "conf": 0.5, "grad_norm": 4.0}, batch)
-    train._save(run, 3, window, None)
+    train.save_finite(run, 3, window, None)
     window.add(4, {"loss": 2.0, "loc": 1.5, "conf": 0.5, "grad_norm": float("inf")}, batch)
     with pytest.raises(train.NonFiniteLossError) as error:
-        train._save(run, 4, window, 3)
+        train.save_finite(run, 4, window, 3)
     assert str(error.value).startswith(
         "loss is 2.0 (loc 1.5, conf 0.5, gradient norm inf) at step 4; last good checkpoint: "
         "step 3 (only finite states are saved)"
     )
     run.state["params"]["w"][1] = np.inf
     with pytest.raises(train.NonFiniteLossError) as error:
-        train._save(run, 5, train.LogWindow(), 3)
+        train.save_finite(run, 5, LogWindow(), 3)
     assert str(error.value).startswith(
         "the parameters are not finite after step 5; last good checkpoint: step 3"
     )
@@ -663,5 +664,5 @@ def test_evaluation_leaves_an_unreadable_image_out_and_says_so(tmp_path):
     graphdef, variables = inference.restore_network(location, config)
     mesh = parallel.make_data_mesh()
     variables = jax.device_put(variables, parallel.replicated(mesh))
-    result = make_evaluator(config, graphdef, mesh)(variables)
+    result = make_evaluator(config, graphdef, mesh)(variables).metrics
     assert result["unreadable_images"] == 1 and 0 <= result["map"] <= 1

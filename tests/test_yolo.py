@@ -105,7 +105,7 @@ def test_a_yolo_dataset_trains_and_evaluates_end_to_end(dataset, tmp_path):
     config.num_steps, config.checkpoint_every, config.eval_every = 2, 2, 2
     state = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert int(state["step"]) == 2
-    result = evaluator.evaluate_checkpoint(str(tmp_path / "run"))  # its own eval split
+    result = evaluator.evaluate_checkpoint(str(tmp_path / "run")).metrics  # its own eval split
     assert 0 <= result["map"] <= 1 and np.isfinite(result["loss"])
 
 

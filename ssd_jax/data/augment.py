@@ -1,11 +1,16 @@
 """SSD data augmentation (Liu et al. 2016, section 2.2 and 3.6), NumPy/OpenCV.
 
-Every op takes an RGB image (H, W, 3), normalized xyxy boxes (N, 4) and a
-``np.random.Generator``, and returns the transformed image and boxes plus the
-indices of the boxes it kept (so labels and flags can follow). Training applies,
-in order: :func:`~ssd_jax.data.photometric.photometric_distort`, :func:`expand`,
-:func:`crop`, :func:`horizontal_flip`, resize. Evaluation only resizes.
-:mod:`ssd_jax.data.device_augment` does the same on the accelerator.
+Training (:func:`train_augment`) applies
+:func:`~ssd_jax.data.photometric.photometric_distort`, then draws a zoom-out, a
+crop and a flip (:func:`draw_geometry`) and applies them with the resize as one
+affine warp of the selected window (:func:`apply_geometry`; the zoom-out canvas,
+of ``fill_rgb``, the configuration's ``data.mean``, is never built). The
+separate ops (:func:`expand`, :func:`crop`, :func:`horizontal_flip`; each takes
+an RGB image (H, W, 3), normalized xyxy boxes (N, 4) and a
+``np.random.Generator`` and returns the image, the boxes and the indices of the
+kept boxes) draw the same random numbers and define what the warp must equal
+(tested). Evaluation only resizes. :mod:`ssd_jax.data.device_augment` does the
+same on the accelerator.
 """
 
 import dataclasses
@@ -286,7 +291,7 @@ def train_augment(
     image = photometric_distort(example["image"], rng)
     geometry = draw_geometry(boxes, image.shape[:2], rng)
     image, boxes, kept = apply_geometry(image, boxes, geometry, image_size, fill_rgb)
-    return _training_output(example, image, boxes, labels[kept], image_size)
+    return training_output(example, image, boxes, labels[kept], image_size)
 
 
 def training_targets(
@@ -302,7 +307,7 @@ def training_targets(
     return example["boxes"][keep], example["labels"][keep]
 
 
-def _training_output(
+def training_output(
     example: dict, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, image_size: int
 ) -> dict:
     """Clips boxes and drops those under one output pixel."""
@@ -324,9 +329,7 @@ def train_resize_only(
     """Training without augmentation: targets as in :func:`train_augment`, image
     only resized."""
     boxes, labels = training_targets(example, keep_difficult, keep_crowd)
-    return _training_output(
-        example, resize(example["image"], image_size), boxes, labels, image_size
-    )
+    return training_output(example, resize(example["image"], image_size), boxes, labels, image_size)
 
 
 def eval_preprocess(example: dict, image_size: int) -> dict:
