@@ -30,7 +30,9 @@ def main() -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, root)
     from configs.tiny import get_config
-    from ssd_jax import parallel, train
+    from ssd_jax import cli, parallel, train
+
+    cli.print_library_logs()  # the package's lines on stdout, as the train command shows them
 
     fed = {"train": [], "eval": []}
     global_batch = parallel.global_batch

@@ -24,6 +24,8 @@ Files that cannot be read or parsed raise :class:`DataError` naming the file.
 import collections
 import logging
 import os
+from collections.abc import Callable
+from typing import IO, Any
 
 import cv2
 import numpy as np
@@ -134,3 +136,17 @@ def read_image_rgb(path: str, exif_orientation: bool = False) -> np.ndarray:
     if image is None:
         raise DataError(f"cannot decode image (corrupt or not an image): {path}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_structured(
+    path: str, load: Callable[[IO[str]], Any], parse_error: type[Exception], what: str, kind: str
+) -> Any:
+    """``load(file)`` of the text file ``path`` (a ``what`` in ``kind``, e.g. "annotation
+    file", "JSON"); a missing file or a ``parse_error`` is a :class:`DataError` naming it."""
+    try:
+        with open(path) as file:
+            return load(file)
+    except FileNotFoundError:
+        raise DataError(f"{what} not found: {path}") from None
+    except parse_error as error:
+        raise DataError(f"malformed {kind} in {path}: {error}") from None

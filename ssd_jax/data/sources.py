@@ -21,6 +21,7 @@ from ssd_jax.data.example import (
     make_example,
     normalize_boxes,
     read_image_rgb,
+    read_structured,
 )
 
 
@@ -175,13 +176,8 @@ class CocoSource(_AnnotatedImages):
         from pycocotools.coco import COCO
 
         self.annotation_file = annotation_file
-        try:
-            with open(annotation_file) as f:
-                dataset = json.load(f)
-        except FileNotFoundError:
-            raise DataError(f"annotation file not found: {annotation_file}") from None
-        except json.JSONDecodeError as error:
-            raise DataError(f"malformed JSON in {annotation_file}: {error}") from None
+        dataset = read_structured(annotation_file, json.load, json.JSONDecodeError,
+                                  "annotation file", "JSON")  # fmt: skip
         missing = {"images", "annotations", "categories"} - set(dataset)
         if missing:
             raise DataError(f"{annotation_file}: no {sorted(missing)} in the COCO JSON")

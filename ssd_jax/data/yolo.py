@@ -21,7 +21,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ssd_jax.data.example import DataError, SkipCounter, make_example, normalize_boxes
+from ssd_jax.data.example import (
+    DataError,
+    SkipCounter,
+    make_example,
+    normalize_boxes,
+    read_structured,
+)
 from ssd_jax.data.example import read_image_rgb as _read_image_rgb
 
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
@@ -33,13 +39,7 @@ def read_data_yaml(path: str) -> tuple[str, dict, list[str]]:
     (``train``, ``val``, ``test``) to what the file gives for it."""
     import yaml
 
-    try:
-        with open(path) as file:
-            data = yaml.safe_load(file)
-    except FileNotFoundError:
-        raise DataError(f"YOLO data file not found: {path}") from None
-    except yaml.YAMLError as error:
-        raise DataError(f"malformed YAML in {path}: {error}") from None
+    data = read_structured(path, yaml.safe_load, yaml.YAMLError, "YOLO data file", "YAML")
     if not isinstance(data, dict) or "names" not in data:
         raise DataError(f"{path}: no 'names' (the class names) in the YOLO data file")
     names = data["names"]
