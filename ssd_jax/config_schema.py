@@ -21,39 +21,22 @@ from ssd_jax.evaluation.scoring import METRICS
 
 ARCHITECTURES = ("ssd300", "ssd512")
 AUGMENT_PLACES = ("auto", "host", "device")
-DATA_KINDS = tuple(FORMATS)
 ON_TRAIN_CHANGE = ("refuse", "restart_epoch")
 
 
 def data_config(kind: str = "voc") -> ml_collections.ConfigDict:
-    """Where one split's examples come from.
-
-    ``kind`` names a format of :data:`ssd_jax.data.formats.FORMATS`:
-    ``"voc"`` (``voc_splits``: list of "root:split"), ``"coco"``
-    (``annotation_file``, ``image_dir``), ``"yolo"`` (``yolo_data``: a data.yaml,
-    ``yolo_split``: its ``train``, ``val`` or ``test``), ``"tfds"`` (``tfds_name``,
-    ``tfds_split``, ``data_dir``) or ``"synthetic"`` (``num_images``, ``seed``,
-    ``image_height``, ``image_width``, ``max_objects``, ``min_size``, ``max_size``:
-    shape diameters as fractions of the shorter side).
+    """Where one split's examples come from: ``kind`` names a format of
+    :data:`ssd_jax.data.formats.FORMATS`, and the block holds every format's keys
+    with their defaults (``voc``: ``voc_splits``, "root:split" entries; ``coco``:
+    ``annotation_file``, ``image_dir``; ``yolo``: ``yolo_data``, a data.yaml, and
+    ``yolo_split``, its ``train``, ``val`` or ``test``; ``tfds``: ``tfds_name``,
+    ``tfds_split``, ``data_dir``; ``synthetic``: ``num_images``, ``seed``,
+    ``image_height``, ``image_width``, ``max_objects``, ``min_size``, ``max_size``).
     """
-    return ml_collections.ConfigDict({
-        "kind": kind,
-        "voc_splits": ("",),
-        "annotation_file": "",
-        "image_dir": "",
-        "yolo_data": "",
-        "yolo_split": "",
-        "tfds_name": "",
-        "tfds_split": "",
-        "data_dir": "",
-        "num_images": 0,
-        "seed": 0,
-        "image_height": 300,
-        "image_width": 300,
-        "max_objects": 6,
-        "min_size": 0.03,
-        "max_size": 0.9,
-    })  # fmt: skip
+    keys = {"kind": kind}
+    for data_format in FORMATS.values():
+        keys |= data_format.keys
+    return ml_collections.ConfigDict(keys)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -165,8 +148,8 @@ def _rules(config: ml_collections.ConfigDict) -> list[tuple[str, bool, str]]:
          f"'' or one of {sorted(PRESETS)}"),
         ("model.dtype", config.model.dtype in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
         ("model.width", config.model.width > 0, "positive"),
-        ("data.train.kind", config.data.train.kind in DATA_KINDS, str(DATA_KINDS)),
-        ("data.eval.kind", config.data.eval.kind in DATA_KINDS, str(DATA_KINDS)),
+        ("data.train.kind", config.data.train.kind in FORMATS, str(tuple(FORMATS))),
+        ("data.eval.kind", config.data.eval.kind in FORMATS, str(tuple(FORMATS))),
         *_format_rules(config),
         ("data.max_boxes", config.data.max_boxes >= 1, "at least 1"),
         ("data.augment_on", config.data.augment_on in AUGMENT_PLACES, str(AUGMENT_PLACES)),

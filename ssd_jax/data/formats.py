@@ -3,8 +3,8 @@ and what a source of examples provides (:class:`Source`).
 
 ``data.train.kind`` and ``data.eval.kind`` name a format; the configuration's
 validation, its messages and :func:`ssd_jax.build.source` read this table.
-Adding a format takes a module with its source class and one entry here (its
-configuration keys go into :func:`ssd_jax.config_schema.data_config`).
+Adding a format takes a module with its source class and one entry here, which
+also declares its configuration keys.
 """
 
 import dataclasses
@@ -49,11 +49,14 @@ class Source(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Format:
-    """A dataset format: the keys of ``data_config`` it reads (``required``: must
-    not be empty), what it is, and ``open(data_config, class_names) -> Source``
+    """A dataset format: what it is, the configuration keys it reads with their
+    defaults (``keys``: every ``data.train`` / ``data.eval`` block holds the keys
+    of every format, :func:`ssd_jax.config_schema.data_config`), those that must
+    not be empty (``required``), and ``open(data_config, class_names) -> Source``
     (``class_names`` None: the dataset's own list)."""
 
     what: str
+    keys: dict[str, object]
     required: tuple[str, ...]
     open: Callable[[ml_collections.ConfigDict, Sequence[str] | None], Source]
 
@@ -104,15 +107,23 @@ def _synthetic(data, class_names):
     )
 
 
+SYNTHETIC_KEYS = {"num_images": 0, "seed": 0, "image_height": 300, "image_width": 300,
+                  "max_objects": 6, "min_size": 0.03, "max_size": 0.9}  # fmt: skip
+
 FORMATS: dict[str, Format] = {
-    "voc": Format("VOC-style folders: voc_splits = ('root:split', ...)", ("voc_splits",), _voc),
+    "voc": Format("VOC-style folders: voc_splits = ('root:split', ...)",
+                  {"voc_splits": ("",)}, ("voc_splits",), _voc),
     "coco": Format("a COCO JSON and its images: annotation_file, image_dir",
-                   ("annotation_file", "image_dir"), _coco),
+                   {"annotation_file": "", "image_dir": ""}, ("annotation_file", "image_dir"),
+                   _coco),
     "yolo": Format("a YOLO data.yaml and its images/labels folders: yolo_data, yolo_split",
-                   ("yolo_data", "yolo_split"), _yolo),
+                   {"yolo_data": "", "yolo_split": ""}, ("yolo_data", "yolo_split"), _yolo),
     "tfds": Format("a prepared TFDS dataset: tfds_name, tfds_split, data_dir",
+                   {"tfds_name": "", "tfds_split": "", "data_dir": ""},
                    ("tfds_name", "tfds_split"), _tfds),
-    "synthetic": Format("generated shapes: num_images, seed, image_height, ...", (), _synthetic),
+    # shape diameters min_size..max_size as fractions of the shorter side
+    "synthetic": Format("generated shapes: num_images, seed, image_height, ...",
+                        SYNTHETIC_KEYS, (), _synthetic),
 }  # fmt: skip
 
 
