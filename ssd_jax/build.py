@@ -30,6 +30,15 @@ def image_size(model_config: ml_collections.ConfigDict) -> int:
     return default_box_spec(model_config).image_size
 
 
+def class_names(data_config: ml_collections.ConfigDict) -> tuple[str, ...] | None:
+    """``data.class_names``, or None for the dataset's own list: unset, ``()`` or
+    ``(None,)`` (what ``--config.data.class_names=None`` gives)."""
+    names = data_config.class_names
+    if not names or all(name is None for name in names):
+        return None
+    return tuple(names)
+
+
 def train_dataset(
     config: ml_collections.ConfigDict, source, shard_index: int = 0, shard_count: int = 1
 ):

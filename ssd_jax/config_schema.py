@@ -56,7 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.eval = data_config("voc")
     config.data.class_names = ml_collections.config_dict.placeholder(
         tuple
-    )  # None: the dataset's list
+    )  # None (also --config.data.class_names=None): the dataset's list
     config.data.keep_difficult = False  # keep VOC "difficult" objects as training targets
     config.data.keep_crowd = False  # keep COCO crowd boxes as training targets
     config.data.augment = True  # False: resize only (the reference's no-augmentation switch)

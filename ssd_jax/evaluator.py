@@ -151,7 +151,7 @@ def make_evaluator(
 ) -> Evaluator:
     """The :class:`Evaluator` of ``config.data.eval`` for the network ``graphdef``
     (settings from ``config``; ``metric`` defaults to ``config.eval_metric``)."""
-    class_names = tuple(config.data.class_names) if config.data.class_names else None
+    class_names = build.class_names(config.data)
     eval_step = jax.jit(steps.make_eval_step(graphdef, build.step_settings(config)))
     return Evaluator(
         eval_step,

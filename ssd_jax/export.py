@@ -28,7 +28,6 @@ that wrote them and in newer ones (within jax's compatibility window; an older
 jax may refuse them). ONNX export needs the ``onnx`` extra (Python 3.11).
 """
 
-import logging
 import os
 
 from absl import flags
@@ -51,7 +50,8 @@ def _options() -> dict:
     if foreign:
         takers = [name for name, e in EXPORTERS.items() if foreign[0] in e.options]
         raise UserError(f"{' and '.join('--' + n for n in foreign)}: only for --format "
-                        f"{' or '.join(takers)} ({FLAGS.format}: {exporter.what})")  # fmt: skip
+                        f"{' or '.join(takers)}, not for --format {FLAGS.format} "
+                        f"({exporter.what})")  # fmt: skip
     options = {name: FLAGS[name].value for name in exporter.options}
     if exporter.check:
         exporter.check(**options)
@@ -67,8 +67,6 @@ def main(argv: list[str]) -> None:
     cli.prepare_output_file(output)
     if exporter.require:
         exporter.require()  # before the checkpoint is read
-    for name in ("jax2onnx", "onnx_ir"):  # their conversion notes are not for users
-        logging.getLogger(name).setLevel(logging.ERROR)
     info = export(load_detector(FLAGS.checkpoint, FLAGS.step), FLAGS.format, output, **options)
     size = os.path.getsize(output) / 1e6
     print(f"wrote {output} ({size:.1f} MB, for {info['runs_on']}) and its .json")

@@ -146,7 +146,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
 def _setup_locked(config, workdir: str, mesh, lock, opened: contextlib.ExitStack) -> Run:
     """The rest of :func:`setup`, once the run directory is this run's; what it
     opens is closed through ``opened`` if it fails."""
-    class_names = tuple(config.data.class_names) if config.data.class_names else None
+    class_names = build.class_names(config.data)
     train_source = build.source(config.data.train, class_names)
     if jax.process_index() == 0:  # every process reads the same annotations: one report
         logger.info(train_source.skipped.report("train data"))

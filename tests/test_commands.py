@@ -94,8 +94,8 @@ def test_a_wrong_checkpoint_path_is_one_line_and_creates_nothing(tmp_path, comma
     [
         ("export", ["--batch_size", "0"], "--batch_size 0: give 1 or more, or leave it out (any)"),
         ("export", ["--format", "onnx", "--batch_size", "2", "--platforms", "cuda"],
-         "--batch_size and --platforms: only for --format jax (onnx: ONNX model, for "
-         "onnxruntime (any batch size))"),
+         "--batch_size and --platforms: only for --format jax, not for --format onnx "
+         "(ONNX model for onnxruntime, any batch size)"),
         ("export", ["--platforms", "cpu,cpu"],
          "--platforms cpu,cpu: give one or more of cpu,cuda,rocm,tpu, each once"),
         ("export", ["--output", "{tmp}"], "--output {tmp} is a folder: give a file name"),

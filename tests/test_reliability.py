@@ -174,12 +174,13 @@ time.sleep(600)
 
 
 def test_a_second_run_on_a_held_workdir_is_refused_and_a_killed_holder_leaves_no_stale_lock(
-    tmp_path,
+    tmp_path, capsys
 ):
     """A live run holds the workdir: a second training command refuses at once
     naming its host and pid, before anything is built (exit status 1), and so does
     a second run in one process. Once the holder is killed (kill -9), the lock is
-    free: the next run takes it over."""
+    free: the next run takes it over and says so; a run that ends leaves no
+    record, so the next one has nothing to report."""
     workdir = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(workdir)], cwd=ROOT,
                               stdout=subprocess.PIPE, text=True)  # fmt: skip
@@ -203,14 +204,21 @@ def test_a_second_run_on_a_held_workdir_is_refused_and_a_killed_holder_leaves_no
     finally:
         holder.kill()
         holder.wait()
+    capsys.readouterr()
     run = train.setup(tiny_config(), str(workdir))  # taken over
     try:
+        assert f"from a run that has ended (host {socket.gethostname()}, pid {holder.pid}, " in (
+            capsys.readouterr().out
+        )
         assert json.loads((workdir / LOCK).read_text())["pid"] == os.getpid()
         with pytest.raises(WorkdirInUseError, match=f"pid {os.getpid()}, started "):
             train.setup(tiny_config(), str(workdir))  # two runs in one process
+        assert json.loads((workdir / LOCK).read_text())["pid"] == os.getpid()  # still named
     finally:
         run.close()
+    assert (workdir / LOCK).read_text() == ""  # ended: no holder on record
     train.setup(tiny_config(), str(workdir)).close()  # closed: free again
+    assert "took over" not in capsys.readouterr().out
 
 
 def test_a_failed_setup_leaves_no_run_directory_it_created(tmp_path):

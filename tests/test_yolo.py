@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from ssd_jax import config_schema, evaluator, train
+from ssd_jax import build, config_schema, evaluator, train
 from ssd_jax.data.example import DataError
 from ssd_jax.data.synthetic import SHAPE_NAMES, SyntheticShapes, write_yolo
 from ssd_jax.data.yolo import YoloSource, label_file
@@ -40,7 +40,9 @@ def test_a_yolo_split_reads_the_images_and_labels_written(dataset, shapes):
         assert_example_format(source[k])
         assert_same_content(source[k], shapes["val"][k])
         assert source[k]["image_id"] == k
-    assert not source.skipped
+    empty = sum(len(shapes["val"][k]["labels"]) == 0 for k in range(4))
+    assert source.skipped == ({"image without usable objects (kept as background)": empty}
+                              if empty else {})  # fmt: skip
 
 
 def test_names_as_a_list_a_subset_of_classes_and_an_image_without_labels(dataset, shapes):
@@ -56,7 +58,41 @@ def test_names_as_a_list_a_subset_of_classes_and_an_image_without_labels(dataset
     np.testing.assert_array_equal(example["labels"], np.where(written["labels"] == 3, 1, 2)[wanted])
     assert len(source[2]["labels"]) == 0  # no label file: no objects
     unlisted = sum(int((shapes["train"][k]["labels"] == 2).sum()) for k in range(8) if k != 2)
-    assert source.skipped == {"object of unlisted class": unlisted}
+    background = sum(
+        1 for k in range(8) if k == 2 or not np.isin(shapes["train"][k]["labels"], [3, 1]).any()
+    )
+    assert source.skipped == {
+        "object of unlisted class": unlisted,
+        "image without usable objects (kept as background)": background,
+    }
+
+
+@pytest.mark.parametrize(
+    ("names", "problem"),
+    [
+        ("names: circle", "'names' must be a list of class names or a dict 0..K-1 -> name, "
+                          "got 'circle'"),
+        ("names: []", "'names' must be a list of class names"),
+        ("names: [circle, square, circle]", "'names' holds ['circle'] more than once"),
+        ("names: {0: circle, 2: square}", "'names' keys must be the classes 0..1"),
+        ("names: [circle, square", "malformed YAML in "),
+    ],
+)  # fmt: skip
+def test_a_data_file_with_bad_names_is_one_line_naming_it(dataset, names, problem):
+    data = pathlib.Path(dataset).read_text()
+    pathlib.Path(dataset).write_text(data.split("names:")[0] + names + "\n")
+    with pytest.raises(DataError) as error:
+        YoloSource(dataset, "train")
+    assert problem in str(error.value) and "\n" not in str(error.value)
+
+
+def test_class_names_none_means_the_datasets_own_list():
+    config = config_schema.load_config_file(os.path.join(ROOT, "configs", "tiny.py"))
+    for given in (None, (), (None,)):  # (None,): what --config.data.class_names=None gives
+        config.data.class_names = given
+        assert build.class_names(config.data) is None
+    config.data.class_names = ("circle",)
+    assert build.class_names(config.data) == ("circle",)
 
 
 @pytest.mark.parametrize(
@@ -67,6 +103,8 @@ def test_names_as_a_list_a_subset_of_classes_and_an_image_without_labels(dataset
         ("a 0.5 0.5 0.2 0.2", "not numbers: 'a 0.5 0.5 0.2 0.2'"),
         ("3 0.5 0.5 0.2 0.2", "class 3 is not one of the data file's classes 0..2"),
         ("1.5 0.5 0.5 0.2 0.2", "class 1.5 is not one of the data file's classes 0..2"),
+        ("nan 0.5 0.5 0.2 0.2", "class nan is not one of the data file's classes 0..2"),
+        ("inf 0.5 0.5 0.2 0.2", "class inf is not one of the data file's classes 0..2"),
         ("0 0.5 1.2 0.2 0.2", "cx cy w h must lie in [0, 1]: '0 0.5 1.2 0.2 0.2'"),
         ("0 0.5 0.5 -0.1 0.2", "cx cy w h must lie in [0, 1]"),
     ],
@@ -86,8 +124,10 @@ def test_data_files_and_splits_that_are_not_there_are_named(dataset, tmp_path):
         YoloSource(dataset, "test")
     with pytest.raises(DataError, match="YOLO data file not found"):
         YoloSource(str(tmp_path / "missing.yaml"), "train")
-    with pytest.raises(DataError, match=r"class_names \['dog'\] must be distinct names"):
-        YoloSource(dataset, "val", class_names=("dog",))
+    with pytest.raises(DataError, match=r"class_names \['dog'\] are not classes of .*: name "):
+        YoloSource(dataset, "val", class_names=("circle", "dog"))
+    with pytest.raises(DataError, match=r"class_names \['circle', 'circle'\] name a class twice"):
+        YoloSource(dataset, "val", class_names=("circle", "circle"))
     (tmp_path / "list.txt").write_text("images/val/000001.jpg\nimages/val/000003.jpg\n")
     with open(dataset, "a") as file:  # a split as a list file
         file.write(f"test: {tmp_path / 'list.txt'}\n")

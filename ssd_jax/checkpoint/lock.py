@@ -56,6 +56,7 @@ class WorkdirLock:
         self.created = not os.path.isdir(self.workdir)
         os.makedirs(self.workdir, exist_ok=True)
         self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._held = False
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -81,15 +82,19 @@ class WorkdirLock:
         }
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, json.dumps(record).encode(), 0)
+        self._held = True
 
     def _read(self) -> str:
         return os.pread(self._fd, 1 << 16, 0).decode(errors="replace")
 
     def release(self, tidy: bool = False) -> None:
-        """Frees the lock (the file stays; a free lock is not held). With ``tidy``,
-        a run directory this lock created is removed if the lock is all it holds."""
+        """Frees the lock (the file stays, empty: the next run finds no holder to
+        report; a run that ends without this leaves its record). With ``tidy``, a
+        run directory this lock created is removed if the lock is all it holds."""
         if self._fd is None:
             return
+        if self._held:
+            os.ftruncate(self._fd, 0)
         os.close(self._fd)  # closing drops the flock
         self._fd = None
         if tidy and self.created and os.listdir(self.workdir) == [LOCK]:

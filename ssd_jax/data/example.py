@@ -53,7 +53,8 @@ class SkipCounter(collections.Counter):
         return f"{source_name}: skipped {reasons}"
 
     def log(self, source_name: str) -> None:
-        logging.getLogger("ssd_jax.data").info(self.report(source_name))
+        # debug: training reports its split's counts itself, once per job
+        logging.getLogger("ssd_jax.data").debug(self.report(source_name))
 
 
 def normalize_boxes(
@@ -149,4 +150,5 @@ def read_structured(
     except FileNotFoundError:
         raise DataError(f"{what} not found: {path}") from None
     except parse_error as error:
-        raise DataError(f"malformed {kind} in {path}: {error}") from None
+        first = " ".join(str(error).split())  # parsers' messages span lines
+        raise DataError(f"malformed {kind} in {path}: {first}") from None

@@ -95,7 +95,10 @@ def _synthetic(data, class_names):
 
     num_classes = len(class_names) if class_names else 4
     if class_names and tuple(class_names) != SHAPE_NAMES[:num_classes]:
-        raise ValueError(f"synthetic class_names must be a prefix of {SHAPE_NAMES}")
+        from ssd_jax.data.example import DataError
+
+        raise DataError(f"class_names {list(class_names)}: synthetic data has the classes "
+                        f"{list(SHAPE_NAMES)}; name the first few of them")  # fmt: skip
     return SyntheticShapes(
         data.num_images,
         num_classes=num_classes,

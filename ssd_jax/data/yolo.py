@@ -47,10 +47,17 @@ def read_data_yaml(path: str) -> tuple[str, dict, list[str]]:
         if sorted(names) != list(range(len(names))):
             raise DataError(f"{path}: 'names' keys must be the classes 0..{len(names) - 1}")
         names = [names[k] for k in range(len(names))]
+    if not isinstance(names, list) or not names:
+        raise DataError(f"{path}: 'names' must be a list of class names or a dict 0..K-1 -> "
+                        f"name, got {names!r}")  # fmt: skip
+    names = [str(name) for name in names]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path}: 'names' holds {repeated} more than once")
     folder = os.path.dirname(os.path.abspath(path))
     root = os.path.join(folder, str(data.get("path") or ""))
     splits = {k: v for k, v in data.items() if k in ("train", "val", "test") and v}
-    return os.path.normpath(root), splits, [str(name) for name in names]
+    return os.path.normpath(root), splits, names
 
 
 def _image_files(root: str, entry, path: str) -> list[str]:
@@ -98,7 +105,7 @@ def read_labels(path: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
                 cls, values = float(fields[0]), [float(v) for v in fields[1:]]
             except ValueError:
                 raise DataError(f"{where}: not numbers: {line.strip()!r}") from None
-            if cls != int(cls) or not 0 <= cls < num_classes:
+            if not (0 <= cls < num_classes and cls == int(cls)):  # NaN fails the first test
                 raise DataError(f"{where}: class {fields[0]} is not one of the data file's "
                                 f"classes 0..{num_classes - 1}")  # fmt: skip
             if not all(-_SLACK <= v <= 1 + _SLACK for v in values):
@@ -128,9 +135,12 @@ class YoloSource:
             raise DataError(f"{data_yaml} has no {split!r} split; it has {sorted(splits)}")
         self.class_names = tuple(names if class_names is None else class_names)
         unknown = [name for name in self.class_names if name not in names]
-        if unknown or len(set(self.class_names)) != len(self.class_names) or not names:
-            raise DataError(f"{data_yaml}: class_names {list(self.class_names)} must be "
-                            f"distinct names of its classes {names}")  # fmt: skip
+        if unknown:
+            raise DataError(f"class_names {unknown} are not classes of {data_yaml} ({names}): "
+                            "name some of those, or none (--config.data.class_names=None) "
+                            "for all of them")  # fmt: skip
+        if len(set(self.class_names)) != len(self.class_names):
+            raise DataError(f"class_names {list(self.class_names)} name a class twice")
         # YOLO class -> label (0: not kept)
         label_of = np.array([self.class_names.index(n) + 1 if n in self.class_names else 0
                              for n in names], np.int32)  # fmt: skip
@@ -146,6 +156,8 @@ class YoloSource:
                                    cxcywh[:, :2] + cxcywh[:, 2:] / 2], axis=1)  # fmt: skip
             boxes, keep = normalize_boxes(xyxy, 1, 1, self.skipped, label_file(image_file))
             keep &= labels > 0
+            if not keep.any():
+                self.skipped.add("image without usable objects (kept as background)")
             self._records.append((image_file, boxes[keep], labels[keep]))
         self.skipped.log(f"YOLO {data_yaml} {split}")
 

@@ -50,9 +50,9 @@ def _require_onnx() -> None:
 
 
 EXPORTERS: dict[str, Exporter] = {
-    "jax": Exporter("jax.export artifact, for JAX on cpu, cuda, rocm and tpu", ".jaxexport",
+    "jax": Exporter("jax.export artifact for JAX on cpu, cuda, rocm and tpu", ".jaxexport",
                     "ssd_jax.exporters.jax_export", ("batch_size", "platforms"), _check_jax),
-    "onnx": Exporter("ONNX model, for onnxruntime (any batch size)", ".onnx",
+    "onnx": Exporter("ONNX model for onnxruntime, any batch size", ".onnx",
                      "ssd_jax.exporters.onnx_export", require=_require_onnx),
 }  # fmt: skip
 

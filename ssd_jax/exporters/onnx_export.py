@@ -23,6 +23,8 @@ Needs the ``onnx`` extra (``pip install -e ".[onnx]"``: jax2onnx 0.13, which
 supports jax up to 0.10, so Python 3.11's stack).
 """
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -193,6 +195,8 @@ def export_onnx(detector: Detector):
 
 def to_bytes(detector: Detector) -> tuple[bytes, dict]:
     """The serialized model of :func:`export_onnx` and its ``info`` (the opset)."""
+    for name in ("jax2onnx", "onnx_ir"):  # their conversion notes are not for users
+        logging.getLogger(name).setLevel(logging.ERROR)
     model = export_onnx(detector)
     opset = model.opset_import[0].version
     return model.SerializeToString(), {"opset": opset, "runs_on": f"onnxruntime, opset {opset}"}
