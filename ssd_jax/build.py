@@ -80,6 +80,7 @@ def model(model_config: ml_collections.ConfigDict, num_classes: int, seed: int) 
     return SSD(
         model_config.architecture,
         num_classes,
+        backbone=model_config.backbone,
         boxes_per_location=default_box_spec(model_config).boxes_per_location,
         batch_norm=model_config.batch_norm,
         width=model_config.width,

@@ -18,8 +18,8 @@ from ssd_jax.data.imagenet import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from ssd_jax.default_boxes import PRESETS
 from ssd_jax.errors import UserError
 from ssd_jax.evaluation.scoring import METRICS
+from ssd_jax.models.backbones import BACKBONES
 
-ARCHITECTURES = ("ssd300", "ssd512")
 AUGMENT_PLACES = ("auto", "host", "device")
 ON_TRAIN_CHANGE = ("refuse", "restart_epoch")
 
@@ -45,7 +45,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.seed = 0
 
     config.model = ml_collections.ConfigDict()
-    config.model.architecture = "ssd300"  # or "ssd512"
+    config.model.backbone = "vgg16"  # a key of ssd_jax.models.backbones.BACKBONES
+    config.model.architecture = "ssd300"  # the backbone's: "ssd300" or "ssd512" for vgg16
     config.model.default_boxes = ""  # default-box preset; "" = the architecture's paper preset
     config.model.batch_norm = False
     config.model.width = 1.0  # channel multiplier; < 1 only for tests and demos
@@ -143,7 +144,9 @@ def _rules(config: ml_collections.ConfigDict) -> list[tuple[str, bool, str]]:
         ("rollback.max_times", config.rollback.max_times >= 1, "at least 1"),
         ("rollback.learning_rate_factor", 0 < config.rollback.learning_rate_factor <= 1,
          "in (0, 1]"),
-        ("model.architecture", config.model.architecture in ARCHITECTURES, str(ARCHITECTURES)),
+        ("model.backbone", config.model.backbone in BACKBONES, str(tuple(BACKBONES))),
+        ("model.architecture", config.model.architecture in _architectures(config.model),
+         str(_architectures(config.model))),
         ("model.default_boxes", config.model.default_boxes in ("", *PRESETS),
          f"'' or one of {sorted(PRESETS)}"),
         ("model.dtype", config.model.dtype in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
@@ -174,6 +177,13 @@ def _rules(config: ml_collections.ConfigDict) -> list[tuple[str, bool, str]]:
         ("detection.top_k_per_class", detection.top_k_per_class >= 1, "at least 1"),
         ("detection.max_detections", detection.max_detections >= 1, "at least 1"),
     ]  # fmt: skip
+
+
+def _architectures(model: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The architectures of ``model.backbone`` (all backbones' when it is unknown)."""
+    if model.backbone in BACKBONES:
+        return tuple(BACKBONES[model.backbone].extras)
+    return tuple(dict.fromkeys(a for b in BACKBONES.values() for a in b.extras))
 
 
 def _format_rules(config: ml_collections.ConfigDict) -> list[tuple[str, bool, str]]:

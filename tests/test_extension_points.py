@@ -9,12 +9,15 @@ import types
 
 import numpy as np
 import pytest
+from flax import nnx
 
 from ssd_jax import build, config_schema, exporters
 from ssd_jax.data import formats
 from ssd_jax.data.synthetic import SyntheticShapes
 from ssd_jax.evaluation import scoring, voc
 from ssd_jax.importers import detectors
+from ssd_jax.models import backbones
+from ssd_jax.models.vgg import ConvBlock
 from tests.test_reliability import ROOT
 
 
@@ -100,3 +103,35 @@ def test_a_new_importer_is_one_entry(monkeypatch):
     assert list(converted) == ["vgg/conv1_1/conv/kernel"]
     with pytest.raises(ValueError, match="unknown source 'caffe': one of pytorch_ssd, .*, mine"):
         detectors.import_detector("caffe", {})
+
+
+class TwoMaps(nnx.Module):
+    """A trunk: a stride-8 map of 8 channels and a stride-16 map of 16."""
+
+    def __init__(self, *, width, batch_norm, dtype, param_dtype, rngs):
+        kwargs = dict(batch_norm=batch_norm, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.down8 = ConvBlock(3, 8, 8, stride=8, padding=2, **kwargs)  # 300 -> 38
+        self.down16 = ConvBlock(8, 16, 2, stride=2, **kwargs)
+        self.out_features = (8, 16)
+
+    def __call__(self, x):
+        x8 = self.down8(x)
+        return x8, self.down16(x8)
+
+
+def test_a_new_backbone_is_one_entry(monkeypatch):
+    extras = tuple(backbones.ExtraLayer(f"extra{k}", 8, 16, 3, 2, 1) for k in range(2))
+    extras += tuple(backbones.ExtraLayer(f"extra{k}", 8, 16, 3, 1, 0) for k in (2, 3))
+    monkeypatch.setitem(backbones.BACKBONES, "two_maps", backbones.Backbone(
+        "two strided convs", "two", TwoMaps, {"ssd300": extras}))  # fmt: skip
+    config = tiny_config()
+    config.model.backbone = "two_maps"
+    config_schema.validate(config)
+    model = build.model(config.model, 3, 0)
+    loc, conf = model(np.zeros((1, 300, 300, 3), np.float32))
+    assert loc.shape == (1, 8732, 4) and conf.shape == (1, 8732, 4)  # the ssd300 layout
+    assert "two" in nnx.to_pure_dict(nnx.state(model)) and model.trunk is model.two
+    config.model.architecture = "ssd512"  # not one of this backbone's
+    with pytest.raises(config_schema.ConfigError, match=r"model.architecture = 'ssd512': must be "
+                                                        r"\('ssd300',\)"):  # fmt: skip
+        config_schema.validate(config)

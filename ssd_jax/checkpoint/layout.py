@@ -94,6 +94,7 @@ def meta_for(config: ml_collections.ConfigDict, class_names: tuple[str, ...], wo
         "config": json.loads(config.to_json_best_effort()),
         "class_names": list(class_names),
         "architecture": config.model.architecture,
+        "backbone": config.model.backbone,
         "default_boxes": config.model.default_boxes or config.model.architecture,
         "mean": list(config.data.mean),
         "std": list(config.data.std),
@@ -129,9 +130,11 @@ def train_data_change(saved: Sequence[str], now: Sequence[str], shown: int = 3) 
 # What a resumed run must share with the run it continues: meta keys, or
 # "config." paths into the saved configuration.
 RESUME_KEYS = (
-    "class_names", "architecture", "default_boxes", "mean", "std", "config.model.batch_norm",
-    "config.model.width", "config.data.train",
+    "class_names", "backbone", "architecture", "default_boxes", "mean", "std",
+    "config.model.batch_norm", "config.model.width", "config.data.train",
 )  # fmt: skip
+# What a checkpoint written before a key was recorded had.
+RECORDED_SINCE = {"backbone": "vgg16"}
 
 
 def _value(meta: dict, key: str):
@@ -147,6 +150,8 @@ def resume_differences(saved: dict, meta: dict) -> list[str]:
     differences = []
     for key in RESUME_KEYS:
         before, now = _value(saved, key), _value(meta, key)
+        if before is None:
+            before = RECORDED_SINCE.get(key)
         if isinstance(before, dict) and isinstance(now, dict):
             now = {name: now.get(name) for name in before}
         if json.dumps(before, sort_keys=True) != json.dumps(now, sort_keys=True):

@@ -119,22 +119,23 @@ def backbone_normalization(path: str) -> tuple[tuple, tuple] | None:
 
 
 def load_backbone(model: nnx.Module, path: str) -> None:
-    """Loads converted VGG16 weights into ``model.vgg``: an ``.npz`` (from
-    ``convert_torch_vgg.py``) whose keys are the trunk's variable paths, e.g.
-    ``vgg/conv1_1/conv/kernel`` (HWIO), besides :data:`NORMALIZATION_KEYS`."""
+    """Loads converted backbone weights into ``model.trunk``: an ``.npz`` (for
+    VGG16 from ``convert_torch_vgg.py``) whose keys are the trunk's variable
+    paths, e.g. ``vgg/conv1_1/conv/kernel`` (HWIO), besides
+    :data:`NORMALIZATION_KEYS`."""
     weights = _backbone_file(path)
     for key in NORMALIZATION_KEYS:
         weights.pop(key, None)
-    trunk = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model.vgg)), sep="/")
+    trunk = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model.trunk)), sep="/")
     for key, value in weights.items():
-        name = key.removeprefix("vgg/")
+        name = key.removeprefix(f"{model.trunk_attribute}/")
         if name not in trunk:
-            raise CheckpointError(f"{path}: {key} is not a VGG16 trunk variable")
+            raise CheckpointError(f"{path}: {key} is not a {model.backbone} trunk variable")
         if trunk[name].shape != value.shape:
             raise CheckpointError(
                 f"{path}: {key} has shape {value.shape}, the model {trunk[name].shape}"
             )
         trunk[name] = jnp.asarray(value, trunk[name].dtype)
-    state = nnx.state(model.vgg)
+    state = nnx.state(model.trunk)
     nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(trunk, sep="/"))
-    nnx.update(model.vgg, state)
+    nnx.update(model.trunk, state)

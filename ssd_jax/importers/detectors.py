@@ -187,6 +187,7 @@ def detector_config(
     """The configuration (:func:`ssd_jax.config_schema.base_config`) describing an
     imported detector: architecture, default boxes, classes, input normalization."""
     config = base_config()
+    config.model.backbone = info.get("backbone", "vgg16")
     config.model.architecture = info["architecture"]
     config.model.batch_norm = info["batch_norm"]
     config.model.default_boxes = info["default_boxes"]

@@ -1,4 +1,5 @@
-"""SSD300 and SSD512 (Liu et al. 2016) as Flax NNX modules.
+"""SSD (Liu et al. 2016) as a Flax NNX module: a backbone of
+:data:`ssd_jax.models.backbones.BACKBONES`, its extra layers and 3x3 heads.
 
 The network maps a normalized (B, S, S, 3) image to per-default-box predictions:
 ``loc`` (B, A, 4) offsets (see :mod:`ssd_jax.box_coding`) and ``conf`` (B, A, C + 1)
@@ -13,36 +14,21 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssd_jax.default_boxes import preset
+from ssd_jax.models.backbones import backbone as find_backbone
 from ssd_jax.models.conv import conv_general_dilated
-from ssd_jax.models.vgg import VGG16, ConvBlock, scale_channels, xavier_uniform
-
-# Extra feature layers after conv7, one pair (1x1 reduction, then k x k) per source:
-# (name, reduced channels, out channels, kernel, stride, padding of the second conv).
-EXTRA_LAYERS = {
-    "ssd300": (
-        ("conv8", 256, 512, 3, 2, 1),
-        ("conv9", 128, 256, 3, 2, 1),
-        ("conv10", 128, 256, 3, 1, 0),
-        ("conv11", 128, 256, 3, 1, 0),
-    ),
-    "ssd512": (
-        ("conv8", 256, 512, 3, 2, 1),
-        ("conv9", 128, 256, 3, 2, 1),
-        ("conv10", 128, 256, 3, 2, 1),
-        ("conv11", 128, 256, 3, 2, 1),
-        ("conv12", 128, 256, 4, 1, 1),
-    ),
-}
-IMAGE_SIZES = {"ssd300": 300, "ssd512": 512}
+from ssd_jax.models.vgg import ConvBlock, scale_channels, xavier_uniform
 
 
 class SSD(nnx.Module):
-    """SSD with a VGG16 trunk.
+    """SSD on a backbone of :data:`~ssd_jax.models.backbones.BACKBONES`.
 
     Args:
-      architecture: ``"ssd300"`` or ``"ssd512"``.
+      architecture: the layout of maps and default boxes (``"ssd300"`` or
+        ``"ssd512"`` for VGG16): it picks the backbone's extra layers, and its
+        default-box preset gives the input size.
       num_classes: C, the number of object classes (background excluded); the
         confidence heads predict C + 1 logits.
+      backbone: a key of ``BACKBONES`` (``"vgg16"``).
       boxes_per_location: default boxes per location of each source map; the
         paper's (from the ``architecture`` default-box preset) when None.
       batch_norm: BatchNorm after every conv of trunk and extra layers.
@@ -53,8 +39,8 @@ class SSD(nnx.Module):
       rngs: initialization randomness.
 
     Call ``model(images)`` with images (B, S, S, 3) float, already normalized, where
-    S is 300 or 512. Returns ``(loc, conf)``. BatchNorm uses batch statistics until
-    ``model.eval()`` (and again after ``model.train()``).
+    S is the architecture's input size. Returns ``(loc, conf)``. BatchNorm uses
+    batch statistics until ``model.eval()`` (and again after ``model.train()``).
     """
 
     def __init__(
@@ -62,6 +48,7 @@ class SSD(nnx.Module):
         architecture: str,
         num_classes: int,
         *,
+        backbone: str = "vgg16",
         boxes_per_location: Sequence[int] | None = None,
         batch_norm: bool = False,
         width: float = 1.0,
@@ -69,38 +56,40 @@ class SSD(nnx.Module):
         param_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        if architecture not in EXTRA_LAYERS:
-            raise ValueError(
-                f"unknown SSD architecture {architecture!r}; expected one of {sorted(EXTRA_LAYERS)}"
-            )
+        trunk = find_backbone(backbone)
+        if architecture not in trunk.extras:
+            raise ValueError(f"unknown SSD architecture {architecture!r} for {backbone}; "
+                             f"expected one of {sorted(trunk.extras)}")  # fmt: skip
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1 (object classes), got {num_classes}")
         if width <= 0:
             raise ValueError(f"width must be positive, got {width}")
-        extras = EXTRA_LAYERS[architecture]
+        extras = trunk.extras[architecture]
         if boxes_per_location is None:
             boxes_per_location = preset(architecture).boxes_per_location
-        if len(boxes_per_location) != 2 + len(extras):
-            raise ValueError(
-                f"{architecture} has {2 + len(extras)} source feature maps but "
-                f"boxes_per_location has {len(boxes_per_location)} entries"
-            )
-        self.architecture = architecture
-        self.image_size = IMAGE_SIZES[architecture]
+        self.architecture, self.backbone = architecture, backbone
+        self.image_size = preset(architecture).image_size
         self.num_classes = num_classes
-        self.boxes_per_location = tuple(boxes_per_location)
 
         kwargs = dict(batch_norm=batch_norm, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.vgg = VGG16(width=width, **kwargs)
-        source_features = list(self.vgg.out_features)
+        self.trunk_attribute = trunk.attribute
+        setattr(self, trunk.attribute, trunk.trunk(width=width, **kwargs))
+        source_features = list(self.trunk.out_features)
+        if len(boxes_per_location) != len(source_features) + len(extras):
+            raise ValueError(
+                f"{architecture} has {len(source_features) + len(extras)} source feature maps "
+                f"but boxes_per_location has {len(boxes_per_location)} entries"
+            )
+        self.boxes_per_location = tuple(boxes_per_location)
         in_features = source_features[-1]
         self.extra_names = []
-        for name, reduced, out, kernel, stride, padding in extras:
-            reduced, out = scale_channels(reduced, width), scale_channels(out, width)
-            setattr(self, f"{name}_1", ConvBlock(in_features, reduced, 1, **kwargs))
-            second = ConvBlock(reduced, out, kernel, stride=stride, padding=padding, **kwargs)
-            setattr(self, f"{name}_2", second)
-            self.extra_names.append(name)
+        for extra in extras:
+            reduced, out = scale_channels(extra.reduced, width), scale_channels(extra.out, width)
+            setattr(self, f"{extra.name}_1", ConvBlock(in_features, reduced, 1, **kwargs))
+            second = ConvBlock(reduced, out, extra.kernel, stride=extra.stride,
+                               padding=extra.padding, **kwargs)  # fmt: skip
+            setattr(self, f"{extra.name}_2", second)
+            self.extra_names.append(extra.name)
             source_features.append(out)
             in_features = out
 
@@ -141,12 +130,18 @@ class SSD(nnx.Module):
                 f"{images.shape[1]}x{images.shape[2]} (shape {images.shape}); resize first"
             )
 
+    @property
+    def trunk(self) -> nnx.Module:
+        """The backbone module (its variables are under ``trunk_attribute``)."""
+        return getattr(self, self.trunk_attribute)
+
     def source_features(self, images: jax.Array) -> list[jax.Array]:
         """The source feature maps the heads read, (B, H_k, W_k, channels_k) each:
-        normalized conv4_3, conv7, then the second conv of each extra layer."""
+        the backbone's maps (VGG16: normalized conv4_3, conv7), then the second
+        conv of each extra layer."""
         self._check_images(images)
-        conv4_3, x = self.vgg(images.astype(self.dtype))
-        sources = [conv4_3, x]
+        sources = list(self.trunk(images.astype(self.dtype)))
+        x = sources[-1]
         for name in self.extra_names:
             x = getattr(self, f"{name}_2")(getattr(self, f"{name}_1")(x))
             sources.append(x)
