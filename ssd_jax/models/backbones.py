@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 from flax import nnx
 
-from ssd_jax.models.vgg import VGG16
+from ssd_jax.models.conv import conv_general_dilated
+from ssd_jax.models.vgg import VGG16, ConvBlock, scale_channels, xavier_uniform
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,17 +33,50 @@ class ExtraLayer:
     padding: int
 
 
+# One extra stage: its modules by attribute name, applied in order, and the
+# channels of the map it adds.
+Stage = tuple[dict[str, nnx.Module], int]
+
+
+def vgg_extras(layers: tuple[ExtraLayer, ...], in_features: int, width: float,
+               **kwargs) -> list[Stage]:  # fmt: skip
+    """SSD's extra layers on VGG16: per layer a 1x1 then a k x k :class:`ConvBlock`."""
+    stages = []
+    for extra in layers:
+        reduced, out = scale_channels(extra.reduced, width), scale_channels(extra.out, width)
+        first = ConvBlock(in_features, reduced, 1, **kwargs)
+        second = ConvBlock(reduced, out, extra.kernel, stride=extra.stride,
+                           padding=extra.padding, **kwargs)  # fmt: skip
+        stages.append(({f"{extra.name}_1": first, f"{extra.name}_2": second}, out))
+        in_features = out
+    return stages
+
+
+def conv3x3_head(in_features: int, out_features: int, *, dtype, param_dtype, rngs, **_):
+    """The paper's head: a 3x3 conv (Xavier-uniform kernel, zero bias)."""
+    return nnx.Conv(
+        in_features, out_features, (3, 3), padding=((1, 1), (1, 1)),
+        kernel_init=xavier_uniform, bias_init=nnx.initializers.zeros,
+        conv_general_dilated=conv_general_dilated, dtype=dtype, param_dtype=param_dtype,
+        rngs=rngs,
+    )  # fmt: skip
+
+
 @dataclasses.dataclass(frozen=True)
 class Backbone:
     """A trunk for SSD: what it is, the SSD attribute (and variable prefix) that
     holds it, ``trunk(*, batch_norm, width, dtype, param_dtype, rngs)`` building
-    it, and its extra layers for each architecture it serves (the architecture's
-    name is its default-box preset's)."""
+    it, the specification of its extra layers for each architecture it serves (the
+    architecture's name is its default-box preset's), ``build_extras(spec,
+    in_features, width, **kwargs) -> stages`` and ``head(in_features,
+    out_features, **kwargs)``, the module of each loc and conf head."""
 
     what: str
     attribute: str
     trunk: Callable[..., nnx.Module]
-    extras: dict[str, tuple[ExtraLayer, ...]]
+    extras: dict[str, tuple]
+    build_extras: Callable[..., list[Stage]] = vgg_extras
+    head: Callable[..., nnx.Module] = conv3x3_head
 
 
 BACKBONES: dict[str, Backbone] = {

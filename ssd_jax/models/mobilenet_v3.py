@@ -125,7 +125,7 @@ class InvertedResidual(nnx.Module):
                 spec.expanded,
                 make_divisible(spec.expanded // 4),
                 **{k: v for k, v in kwargs.items() if k != "momentum"},
-            )  # fmt: skip
+            )
             if spec.se
             else None
         )

@@ -15,8 +15,6 @@ from flax import nnx
 
 from ssd_jax.default_boxes import preset
 from ssd_jax.models.backbones import backbone as find_backbone
-from ssd_jax.models.conv import conv_general_dilated
-from ssd_jax.models.vgg import ConvBlock, scale_channels, xavier_uniform
 
 
 class SSD(nnx.Module):
@@ -75,41 +73,24 @@ class SSD(nnx.Module):
         self.trunk_attribute = trunk.attribute
         setattr(self, trunk.attribute, trunk.trunk(width=width, **kwargs))
         source_features = list(self.trunk.out_features)
-        if len(boxes_per_location) != len(source_features) + len(extras):
-            raise ValueError(
-                f"{architecture} has {len(source_features) + len(extras)} source feature maps "
-                f"but boxes_per_location has {len(boxes_per_location)} entries"
-            )
         self.boxes_per_location = tuple(boxes_per_location)
-        in_features = source_features[-1]
-        self.extra_names = []
-        for extra in extras:
-            reduced, out = scale_channels(extra.reduced, width), scale_channels(extra.out, width)
-            setattr(self, f"{extra.name}_1", ConvBlock(in_features, reduced, 1, **kwargs))
-            second = ConvBlock(reduced, out, extra.kernel, stride=extra.stride,
-                               padding=extra.padding, **kwargs)  # fmt: skip
-            setattr(self, f"{extra.name}_2", second)
-            self.extra_names.append(extra.name)
+        self.extra_stages = []
+        for modules, out in trunk.build_extras(extras, source_features[-1], width, **kwargs):
+            for name, module in modules.items():
+                setattr(self, name, module)
+            self.extra_stages.append(tuple(modules))
             source_features.append(out)
-            in_features = out
 
-        def head(in_features: int, out_features: int) -> nnx.Conv:
-            return nnx.Conv(
-                in_features,
-                out_features,
-                (3, 3),
-                padding=((1, 1), (1, 1)),
-                kernel_init=xavier_uniform,
-                bias_init=nnx.initializers.zeros,
-                conv_general_dilated=conv_general_dilated,
-                dtype=dtype,
-                param_dtype=param_dtype,
-                rngs=rngs,
+        if len(self.boxes_per_location) != len(source_features):
+            raise ValueError(
+                f"{architecture} has {len(source_features)} source feature maps but "
+                f"boxes_per_location has {len(self.boxes_per_location)} entries"
             )
-
         sources = list(zip(source_features, self.boxes_per_location, strict=True))
-        self.loc_heads = nnx.List([head(f, a * 4) for f, a in sources])
-        self.conf_heads = nnx.List([head(f, a * (num_classes + 1)) for f, a in sources])
+        self.loc_heads = nnx.List([trunk.head(f, a * 4, **kwargs) for f, a in sources])
+        self.conf_heads = nnx.List(
+            [trunk.head(f, a * (num_classes + 1), **kwargs) for f, a in sources]
+        )
         self.dtype = dtype
 
     def _check_images(self, images: jax.Array) -> None:
@@ -142,8 +123,9 @@ class SSD(nnx.Module):
         self._check_images(images)
         sources = list(self.trunk(images.astype(self.dtype)))
         x = sources[-1]
-        for name in self.extra_names:
-            x = getattr(self, f"{name}_2")(getattr(self, f"{name}_1")(x))
+        for stage in self.extra_stages:
+            for name in stage:
+                x = getattr(self, name)(x)
             sources.append(x)
         return sources
 
