@@ -215,6 +215,21 @@ PRESETS["ssd300_ssd_pytorch_coco"] = dataclasses.replace(
 )
 
 
+# torchvision ssdlite320_mobilenet_v3_large: DefaultBoxGenerator([[2, 3]] * 6,
+# min_ratio=0.2, max_ratio=0.95): scales 0.2 ... 0.95 linearly, then 1.0; grid
+# centres; w, h clamped to 1.
+_SSDLITE_SCALES = tuple(0.2 + 0.75 * k / 5 for k in range(6)) + (1.0,)
+PRESETS["ssdlite320"] = DefaultBoxSpec(
+    image_size=320,
+    feature_map_sizes=(20, 10, 5, 3, 2, 1),
+    min_sizes=tuple(s * 320 for s in _SSDLITE_SCALES[:-1]),
+    max_sizes=tuple(s * 320 for s in _SSDLITE_SCALES[1:]),
+    aspect_ratios=((2.0, 3.0),) * 6,
+    steps=None,
+    clip="wh",
+)
+
+
 def preset(name: str) -> DefaultBoxSpec:
     """The :class:`DefaultBoxSpec` called ``name`` (one of :data:`PRESETS`)."""
     if name not in PRESETS:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from flax import nnx
 
 from ssd_jax.models.conv import conv_general_dilated
+from ssd_jax.models.mobilenet_v3 import MobileNetV3Large, PredictionBlock, ssdlite_extras
 from ssd_jax.models.vgg import VGG16, ConvBlock, scale_channels, xavier_uniform
 
 
@@ -101,6 +102,17 @@ BACKBONES: dict[str, Backbone] = {
         },
     ),
 }
+
+
+BACKBONES["mobilenet_v3_large"] = Backbone(
+    "MobileNetV3-Large, reduced tail (maps: the C4 expansion, the last conv), SSDlite "
+    "extras and depthwise heads",
+    "mobilenet",
+    MobileNetV3Large,
+    {"ssdlite320": (512, 256, 256, 128)},
+    ssdlite_extras,
+    PredictionBlock,
+)
 
 
 def backbone(name: str) -> Backbone:

@@ -71,12 +71,13 @@ ACTIVATIONS = {"relu": jax.nn.relu, "relu6": jax.nn.relu6, "hard_swish": hard_sw
 
 
 class ConvBN(nnx.Module):
-    """Conv (no bias; ``groups`` = channels: depthwise) -> BatchNorm -> activation
-    (``"relu"``, ``"relu6"``, ``"hard_swish"`` or None), padding (kernel - 1) / 2."""
+    """Conv (no bias; ``groups`` = channels: depthwise) -> BatchNorm (momentum
+    0.97: torchvision SSDlite's 0.03) -> activation (``"relu"``, ``"relu6"``,
+    ``"hard_swish"`` or None), padding (kernel - 1) / 2."""
 
     def __init__(self, in_features: int, out_features: int, kernel: int, *, stride: int = 1,
                  groups: int = 1, activation: str | None, dtype, param_dtype, rngs: nnx.Rngs,
-                 momentum: float = 0.99):  # fmt: skip
+                 momentum: float = 0.97):  # fmt: skip
         pad = (kernel - 1) // 2
         self.conv = nnx.Conv(
             in_features, out_features, (kernel, kernel), strides=stride,
@@ -183,3 +184,44 @@ class MobileNetV3Large(nnx.Module):
         for block in self.blocks[self.C4 + 1 :]:
             x = block(x)
         return tap, self.last(x)
+
+
+class ExtraBlock(nnx.Module):
+    """SSDlite's extra layer: 1x1 to half the output channels, 3x3/2 depthwise,
+    1x1 to the output channels, each with BatchNorm and ReLU6."""
+
+    def __init__(self, in_features: int, out_features: int, **kwargs):
+        middle = out_features // 2
+        self.reduce = ConvBN(in_features, middle, 1, activation="relu6", **kwargs)
+        self.depthwise = ConvBN(middle, middle, 3, stride=2, groups=middle, activation="relu6",
+                                **kwargs)  # fmt: skip
+        self.expand = ConvBN(middle, out_features, 1, activation="relu6", **kwargs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.expand(self.depthwise(self.reduce(x)))
+
+
+class PredictionBlock(nnx.Module):
+    """SSDlite's head: 3x3 depthwise with BatchNorm and ReLU6, then a 1x1 conv
+    with bias."""
+
+    def __init__(self, in_features: int, out_features: int, *, dtype, param_dtype, rngs, **_):
+        kwargs = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.depthwise = ConvBN(in_features, in_features, 3, groups=in_features,
+                                activation="relu6", **kwargs)  # fmt: skip
+        self.pointwise = nnx.Conv(in_features, out_features, (1, 1), **kwargs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.pointwise(self.depthwise(x))
+
+
+def ssdlite_extras(channels: tuple[int, ...], in_features: int, width: float, *, dtype,
+                   param_dtype, rngs, **_) -> list:  # fmt: skip
+    """SSDlite's four extra stages (``extra1`` ...) to ``channels``."""
+    del width
+    stages = []
+    for k, out in enumerate(channels, start=1):
+        block = ExtraBlock(in_features, out, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        stages.append(({f"extra{k}": block}, out))
+        in_features = out
+    return stages
