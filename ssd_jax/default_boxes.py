@@ -218,7 +218,7 @@ PRESETS["ssd300_ssd_pytorch_coco"] = dataclasses.replace(
 # torchvision ssdlite320_mobilenet_v3_large: DefaultBoxGenerator([[2, 3]] * 6,
 # min_ratio=0.2, max_ratio=0.95): scales 0.2 ... 0.95 linearly, then 1.0; grid
 # centres; w, h clamped to 1.
-_SSDLITE_SCALES = tuple(0.2 + 0.75 * k / 5 for k in range(6)) + (1.0,)
+_SSDLITE_SCALES = (*(0.2 + 0.75 * k / 5 for k in range(6)), 1.0)
 PRESETS["ssdlite320"] = DefaultBoxSpec(
     image_size=320,
     feature_map_sizes=(20, 10, 5, 3, 2, 1),

@@ -53,9 +53,13 @@ def test_full_size_forward_pass(factory, name):
     assert np.isfinite(np.asarray(loc)).all() and np.isfinite(np.asarray(conf)).all()
 
 
-@pytest.mark.parametrize(("name", "batch_norm"), [("ssd300", True), ("ssd512", True)])
-def test_source_feature_maps_match_default_box_preset(name, batch_norm):
-    model = SSD(name, 3, batch_norm=batch_norm, width=1 / 8, rngs=nnx.Rngs(0))
+@pytest.mark.parametrize(
+    ("name", "batch_norm", "backbone"),
+    [("ssd300", True, "vgg16"), ("ssd512", True, "vgg16"),
+     ("ssdlite320", True, "mobilenet_v3_large")],
+)  # fmt: skip
+def test_source_feature_maps_match_default_box_preset(name, batch_norm, backbone):
+    model = SSD(name, 3, backbone=backbone, batch_norm=batch_norm, width=1 / 8, rngs=nnx.Rngs(0))
     size = model.image_size
     images = jnp.zeros((2, size, size, 3))
     shapes = nnx.eval_shape(lambda m, x: m.source_features(x), model, images)

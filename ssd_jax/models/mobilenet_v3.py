@@ -30,9 +30,20 @@ class Bottleneck:
     stride: int
 
 
-def large_blocks(reduced_tail: bool = False) -> tuple[Bottleneck, ...]:
-    """MobileNetV3-Large's 15 blocks (paper, Table 1; input 16 channels)."""
+def large_blocks(reduced_tail: bool = False, width: float = 1.0) -> tuple[Bottleneck, ...]:
+    """MobileNetV3-Large's 15 blocks (paper, Table 1; input 16 channels), their
+    channels times ``width`` rounded by :func:`make_divisible` (torchvision's
+    ``width_mult``)."""
     tail = 2 if reduced_tail else 1
+    return tuple(
+        dataclasses.replace(
+            b, expanded=make_divisible(b.expanded * width), out=make_divisible(b.out * width)
+        )
+        for b in _large_table(tail)
+    )
+
+
+def _large_table(tail: int) -> tuple[Bottleneck, ...]:
     return (
         Bottleneck(3, 16, 16, False, False, 1),
         Bottleneck(3, 64, 24, False, False, 2),
@@ -162,17 +173,17 @@ class MobileNetV3Large(nnx.Module):
     def __init__(self, *, reduced_tail: bool = True, batch_norm: bool = True, width: float = 1.0,
                  dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):  # fmt: skip
         del batch_norm  # always: MobileNetV3 has BatchNorm after every conv
-        if width != 1.0:
-            raise ValueError("MobileNetV3-Large is built at width 1.0 only")
         kwargs = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.stem = ConvBN(3, 16, 3, stride=2, activation="hard_swish", **kwargs)
-        blocks, in_features = [], 16
-        for spec in large_blocks(reduced_tail):
+        specs = large_blocks(reduced_tail, width)
+        stem = make_divisible(16 * width)
+        self.stem = ConvBN(3, stem, 3, stride=2, activation="hard_swish", **kwargs)
+        blocks, in_features = [], stem
+        for spec in specs:
             blocks.append(InvertedResidual(in_features, spec, **kwargs))
             in_features = spec.out
         self.blocks = nnx.List(blocks)
         self.last = ConvBN(in_features, 6 * in_features, 1, activation="hard_swish", **kwargs)
-        self.out_features = (large_blocks(reduced_tail)[self.C4].expanded, 6 * in_features)
+        self.out_features = (specs[self.C4].expanded, 6 * in_features)
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         x = self.stem(x)
@@ -217,10 +228,11 @@ class PredictionBlock(nnx.Module):
 
 def ssdlite_extras(channels: tuple[int, ...], in_features: int, width: float, *, dtype,
                    param_dtype, rngs, **_) -> list:  # fmt: skip
-    """SSDlite's four extra stages (``extra1`` ...) to ``channels``."""
-    del width
+    """SSDlite's four extra stages (``extra1`` ...) to ``channels`` (times ``width``,
+    at least 16, as torchvision's ``get_depth``)."""
     stages = []
     for k, out in enumerate(channels, start=1):
+        out = max(16, int(out * width))
         block = ExtraBlock(in_features, out, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         stages.append(({f"extra{k}": block}, out))
         in_features = out
