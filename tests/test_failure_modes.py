@@ -60,7 +60,12 @@ CONFIG_EDGES = [
     ("rollback.max_times", 1, 0, "at least 1"),
     ("rollback.learning_rate_factor", 1.0, 0.0, "in (0, 1]"),
     ("model.backbone", "vgg16", "resnet50", "('vgg16', 'mobilenet_v3_large')"),
-    ("model.architecture", "ssd512", "ssd600", "('ssd300', 'ssd512')"),
+    (
+        "model.architecture",
+        "ssd512",
+        "ssd600",
+        "('ssd300', 'ssd512', 'ssdlite320')",
+    ),  # any backbone's
     ("model.default_boxes", "ssd300_torchvision", "ssd300_paper", None),
     ("model.dtype", "bfloat16", "float16", "'float32' or 'bfloat16'"),
     ("model.width", 1e-3, 0.0, "positive"),
