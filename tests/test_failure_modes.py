@@ -59,7 +59,12 @@ CONFIG_EDGES = [
     ("on_nonfinite", "rollback", "skip", "'stop' or 'rollback'"),
     ("rollback.max_times", 1, 0, "at least 1"),
     ("rollback.learning_rate_factor", 1.0, 0.0, "in (0, 1]"),
-    ("model.backbone", "vgg16", "resnet50", "('vgg16', 'mobilenet_v3_large')"),
+    (
+        "model.backbone",
+        "vgg16",
+        "resnet50",
+        "('vgg16', 'mobilenet_v3_large', 'mobilenet_v3_large_reduced_tail')",
+    ),
     (
         "model.architecture",
         "ssd512",

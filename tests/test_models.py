@@ -56,6 +56,7 @@ def test_full_size_forward_pass(factory, name):
 @pytest.mark.parametrize(
     ("name", "batch_norm", "backbone"),
     [("ssd300", True, "vgg16"), ("ssd512", True, "vgg16"),
+     ("ssdlite320", True, "mobilenet_v3_large_reduced_tail"),
      ("ssdlite320", True, "mobilenet_v3_large")],
 )  # fmt: skip
 def test_source_feature_maps_match_default_box_preset(name, batch_norm, backbone):

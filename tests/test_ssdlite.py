@@ -86,7 +86,7 @@ def our_variables(state: dict, expands: list[bool]) -> dict[str, np.ndarray]:
 def models():
     theirs = torchvision_ssdlite()
     state = {k: v.numpy() for k, v in theirs.state_dict().items() if "num_batches" not in k}
-    ours = SSD("ssdlite320", 90, backbone="mobilenet_v3_large", rngs=nnx.Rngs(0))
+    ours = SSD("ssdlite320", 90, backbone="mobilenet_v3_large_reduced_tail", rngs=nnx.Rngs(0))
     ours.eval()
     graph_state = nnx.state(ours)
     paths = traverse_util.flatten_dict(nnx.to_pure_dict(graph_state))

@@ -11,6 +11,7 @@ with its trunk and one entry here.
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 from flax import nnx
@@ -104,15 +105,23 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 
-BACKBONES["mobilenet_v3_large"] = Backbone(
-    "MobileNetV3-Large, reduced tail (maps: the C4 expansion, the last conv), SSDlite "
-    "extras and depthwise heads",
-    "mobilenet",
-    MobileNetV3Large,
-    {"ssdlite320": (512, 256, 256, 128)},
-    ssdlite_extras,
-    PredictionBlock,
-)
+# MobileNetV3-Large's two tails: the ImageNet classifier's (torchvision's
+# mobilenet_v3_large weights fit it) and the halved one of torchvision's SSDlite
+# built without ImageNet weights (its released COCO model).
+for _name, _reduced, _what in (
+    ("mobilenet_v3_large", False, "the ImageNet classifier's tail (960-channel last conv)"),
+    ("mobilenet_v3_large_reduced_tail", True,
+     "the halved tail of torchvision's COCO SSDlite (480-channel last conv)"),
+):  # fmt: skip
+    BACKBONES[_name] = Backbone(
+        f"MobileNetV3-Large, {_what}; maps: the C4 expansion, the last conv; SSDlite "
+        "extras and depthwise heads",
+        "mobilenet",
+        functools.partial(MobileNetV3Large, reduced_tail=_reduced),
+        {"ssdlite320": (512, 256, 256, 128)},
+        ssdlite_extras,
+        PredictionBlock,
+    )
 
 
 def backbone(name: str) -> Backbone:

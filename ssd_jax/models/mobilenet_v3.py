@@ -170,7 +170,7 @@ class MobileNetV3Large(nnx.Module):
 
     C4 = 12  # the index of the stride-32 block whose expansion SSDlite taps
 
-    def __init__(self, *, reduced_tail: bool = True, batch_norm: bool = True, width: float = 1.0,
+    def __init__(self, *, reduced_tail: bool = False, batch_norm: bool = True, width: float = 1.0,
                  dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):  # fmt: skip
         del batch_norm  # always: MobileNetV3 has BatchNorm after every conv
         kwargs = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
