@@ -125,6 +125,7 @@ def step_settings(config: ml_collections.ConfigDict) -> StepSettings:
         nms_iou_threshold=detection.nms_iou_threshold,
         top_k_per_class=detection.top_k_per_class,
         max_detections=detection.max_detections,
+        clip_before_nms=detection.clip_before_nms,
     )
 
 

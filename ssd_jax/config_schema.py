@@ -98,6 +98,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.detection.nms_iou_threshold = 0.45
     config.detection.top_k_per_class = 200
     config.detection.max_detections = 200
+    # clip decoded boxes to the image before NMS (torchvision), not after (Caffe SSD)
+    config.detection.clip_before_nms = False
 
     config.init = ml_collections.ConfigDict()
     config.init.checkpoint = ""  # full ssd_jax checkpoint dir to start from (fine-tuning)

@@ -9,7 +9,7 @@ writes ``DIR/checkpoints/0`` in the layout training writes, so ``evaluate``,
 ``predict``, ``export`` (``--checkpoint DIR``) and fine-tuning
 (``--config.init.checkpoint=DIR``) accept it. The weights may be ``.pth`` (needs
 torch), ``.safetensors`` or ``.npz``; see :mod:`ssd_jax.importers.detectors`. The
-backbone converter is ``convert_torch_vgg.py`` at the repository root.
+backbone converter is ``convert_torch_backbone.py`` at the repository root.
 """
 
 from absl import flags

@@ -138,9 +138,12 @@ def _detect_one_image(
     top_k_per_class: int,
     max_detections: int,
     nms_method: str,
+    clip_before_nms: bool,
 ) -> Detections:
     probs = jax.nn.softmax(jnp.asarray(conf_logits, jnp.float32), axis=-1)  # (A, C + 1)
     boxes = decode(loc_pred, default_boxes_cxcywh, variances)  # (A, 4)
+    if clip_before_nms:
+        boxes = jnp.clip(boxes, 0.0, 1.0)
     num_boxes, num_classes = probs.shape[0], probs.shape[1] - 1
     top_k = min(top_k_per_class, num_boxes)
 
@@ -181,7 +184,9 @@ def best_detections(
     )
 
 
-@functools.partial(jax.jit, static_argnames=("top_k_per_class", "max_detections", "nms_method"))
+@functools.partial(
+    jax.jit, static_argnames=("top_k_per_class", "max_detections", "nms_method", "clip_before_nms")
+)
 def detect(
     loc_pred: jax.Array,
     conf_logits: jax.Array,
@@ -192,14 +197,17 @@ def detect(
     max_detections: int = 200,
     variances: tuple[float, ...] = VARIANCES,
     nms_method: str = "auto",
+    clip_before_nms: bool = False,
 ) -> Detections:
     """Detections of a batch, the paper's inference procedure.
 
     Per image: softmax over classes; decode every default box; per object class,
     take the ``top_k_per_class`` highest-scoring boxes, drop those with score <=
     ``score_threshold`` and run greedy NMS at ``nms_iou_threshold`` (a box is suppressed
-    by IoU > threshold) on the unclipped decoded boxes; then keep the
-    ``max_detections`` best over all classes. Returned boxes are clipped to [0, 1].
+    by IoU > threshold) on the decoded boxes, unclipped as in the paper's Caffe
+    code (or clipped to the image first, as torchvision does, with
+    ``clip_before_nms``); then keep the ``max_detections`` best over all classes.
+    Returned boxes are clipped to [0, 1].
 
     Args:
       loc_pred: (B, A, 4) predicted offsets.
@@ -211,6 +219,7 @@ def detect(
       max_detections: K, detections kept per image (static).
       variances: offsets' variances.
       nms_method: how greedy NMS is computed (same result): see :func:`greedy_nms`.
+      clip_before_nms: clip the decoded boxes to [0, 1] before NMS (static).
 
     Returns:
       :class:`Detections` with K rows per image.
@@ -220,6 +229,7 @@ def detect(
         top_k_per_class=top_k_per_class,
         max_detections=max_detections,
         nms_method=nms_method,
+        clip_before_nms=clip_before_nms,
     )
     per_image = jax.vmap(one_image, in_axes=(0, 0, None, None, None, None))
     return per_image(

@@ -73,6 +73,7 @@ class StepSettings(NamedTuple):
     nms_iou_threshold: float = 0.45
     top_k_per_class: int = 200
     max_detections: int = 200
+    clip_before_nms: bool = False
 
     def network_input(self, images: jax.Array) -> jax.Array:
         return normalize_images(images, self.mean, self.std, self.compute_dtype)
@@ -99,6 +100,7 @@ def _detect(loc: jax.Array, conf: jax.Array, settings: StepSettings) -> Detectio
         nms_iou_threshold=settings.nms_iou_threshold,
         top_k_per_class=settings.top_k_per_class,
         max_detections=settings.max_detections,
+        clip_before_nms=settings.clip_before_nms,
     )
 
 

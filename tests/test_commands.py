@@ -24,7 +24,7 @@ COMMANDS = {  # module name -> file
     "ssd_jax.export": "ssd_jax/export.py",
     "ssd_jax.convert": "ssd_jax/convert.py",
     "ssd_jax.data.prepare": "ssd_jax/data/prepare.py",
-    "convert_torch_vgg": "convert_torch_vgg.py",
+    "convert_torch_backbone": "convert_torch_backbone.py",
 }
 # Argument-free builders of configurations: long lists of settings by nature.
 LONG_FUNCTIONS_ALLOWED = {"base_config", "get_config"}

@@ -232,7 +232,7 @@ def trunk_outputs(model, image, mean, std):
 
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_convert_torch_vgg_feeds_the_trunk(tmp_path, batch_norm):
-    """torchvision vgg16(_bn) -> convert_torch_vgg.py -> init.backbone: conv4_3 equals
+    """torchvision vgg16(_bn) -> convert_torch_backbone.py -> init.backbone: conv4_3 equals
     torchvision's features, conv7 equals pool5 + the reduced fc6/fc7 as convolutions."""
     torch.manual_seed(3)
     vgg = ref.TorchvisionVGG16(batch_norm).eval()
@@ -245,7 +245,9 @@ def test_convert_torch_vgg_feeds_the_trunk(tmp_path, batch_norm):
     else:
         torch.save(vgg.state_dict(), tmp_path / "vgg.pth")
         source = tmp_path / "vgg.pth"
-    run("convert_torch_vgg.py", "--input", str(source), "--output", str(tmp_path / "vgg16_ssd"))
+    run(
+        "convert_torch_backbone.py", "--input", str(source), "--output", str(tmp_path / "vgg16_ssd")
+    )
     model = SSD("ssd300", 20, batch_norm=batch_norm, rngs=nnx.Rngs(0))
     checkpoint.load_backbone(model, str(tmp_path / "vgg16_ssd.npz"))
     mean, std = checkpoint.backbone_normalization(str(tmp_path / "vgg16_ssd.npz"))
@@ -295,7 +297,8 @@ def test_vgg16_reducedfc_is_caffe_style(tmp_path):
 
 def test_convert_command_writes_a_checkpoint_that_predict_uses(tmp_path):
     """Full-size torchvision ssd300_vgg16 (91 logits) -> python -m ssd_jax.convert ->
-    Detector: the same detections as post-processing the torch outputs."""
+    Detector: the same detections as post-processing the torch outputs with
+    torchvision's settings (400 candidates per class, boxes clipped before NMS)."""
     torch.manual_seed(5)
     model = randomized(ref.TorchvisionSSD300(91)).eval()
     torch.save(model.state_dict(), tmp_path / "ssd300_vgg16.pth")
@@ -309,7 +312,8 @@ def test_convert_command_writes_a_checkpoint_that_predict_uses(tmp_path):
     with torch.no_grad():
         loc, conf = (t.numpy() for t in model(torch_input(image, "torchvision")))
     boxes = jnp.asarray(default_boxes.generate(default_boxes.preset("ssd300_torchvision")))
-    expected = postprocess.detect(jnp.asarray(loc), jnp.asarray(conf), boxes, top_k_per_class=400)
+    expected = postprocess.detect(jnp.asarray(loc), jnp.asarray(conf), boxes, top_k_per_class=400,
+                                  clip_before_nms=True)  # fmt: skip
     assert_same_detections(found, expected, atol=1e-4)
 
 

@@ -120,13 +120,16 @@ def backbone_normalization(path: str) -> tuple[tuple, tuple] | None:
 
 def load_backbone(model: nnx.Module, path: str) -> None:
     """Loads converted backbone weights into ``model.trunk``: an ``.npz`` (for
-    VGG16 from ``convert_torch_vgg.py``) whose keys are the trunk's variable
-    paths, e.g. ``vgg/conv1_1/conv/kernel`` (HWIO), besides
+    from ``convert_torch_backbone.py``) whose keys are the trunk's variable
+    paths, e.g. ``vgg/conv1_1/conv/kernel`` or ``mobilenet/blocks/3/expand/conv/kernel``
+    (HWIO), besides
     :data:`NORMALIZATION_KEYS`."""
     weights = _backbone_file(path)
     for key in NORMALIZATION_KEYS:
         weights.pop(key, None)
-    trunk = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model.trunk)), sep="/")
+    paths = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model.trunk)))
+    path_of = {"/".join(map(str, path)): path for path in paths}  # list indices are ints
+    trunk = {name: paths[path] for name, path in path_of.items()}
     for key, value in weights.items():
         name = key.removeprefix(f"{model.trunk_attribute}/")
         if name not in trunk:
@@ -137,5 +140,6 @@ def load_backbone(model: nnx.Module, path: str) -> None:
             )
         trunk[name] = jnp.asarray(value, trunk[name].dtype)
     state = nnx.state(model.trunk)
-    nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(trunk, sep="/"))
+    pure = {path_of[name]: value for name, value in trunk.items()}
+    nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(pure))
     nnx.update(model.trunk, state)

@@ -51,7 +51,8 @@ def require_onnx():
 
 
 def _candidates_fn(detector: Detector):
-    """uint8 (B, S, S, 3) -> boxes (B * C, T, 4) xyxy unclipped, scores (B * C, 1, T)."""
+    """uint8 (B, S, S, 3) -> boxes (B * C, T, 4) xyxy (clipped only with
+    ``clip_before_nms``), scores (B * C, 1, T)."""
     settings, graphdef = detector.settings, detector.graphdef
     weights = jax.tree.map(np.asarray, jax.device_get(detector.variables))
     default_boxes = np.asarray(settings.default_boxes_cxcywh, np.float32)
@@ -62,6 +63,8 @@ def _candidates_fn(detector: Detector):
         loc, conf = model(settings.network_input(images))
         probs = jax.nn.softmax(conf.astype(jnp.float32), axis=-1)[..., 1:]  # (B, A, C)
         boxes = decode(loc, default_boxes)  # (B, A, 4)
+        if settings.clip_before_nms:
+            boxes = jnp.clip(boxes, 0.0, 1.0)
         scores, index = jax.lax.top_k(jnp.swapaxes(probs, 1, 2), top_k)  # (B, C, T)
         picked = jnp.take_along_axis(boxes[:, None], index[..., None], axis=2)  # (B, C, T, 4)
         return picked.reshape(-1, top_k, 4), scores.reshape(-1, 1, top_k)

@@ -1,6 +1,8 @@
-"""ImageNet VGG16 weights as the SSD trunk (``vgg/...`` variables): torchvision
-``vgg16`` / ``vgg16_bn`` (fc6/fc7 reduced to the paper's conv6/conv7) and
-ssd.pytorch's Caffe-style ``vgg16_reducedfc``.
+"""ImageNet weights as the SSD trunk: torchvision ``vgg16`` / ``vgg16_bn``
+(``vgg/...`` variables; fc6/fc7 reduced to the paper's conv6/conv7),
+ssd.pytorch's Caffe-style ``vgg16_reducedfc`` and torchvision
+``mobilenet_v3_large`` (``mobilenet/...``; :mod:`ssd_jax.importers.mobilenet`),
+told apart by their names (:func:`trunk_weights`).
 
 Caffe-style weights read BGR images minus (104, 117, 123): their first kernel's
 input channels are reversed so that they read RGB, and the normalization becomes
@@ -10,6 +12,7 @@ mean (123, 117, 104), std 1, recorded with the weights.
 import numpy as np
 
 from ssd_jax.data.imagenet import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from ssd_jax.importers import mobilenet
 from ssd_jax.importers.common import ConversionError, Weights, batch_norm, conv, take
 
 VGG_CONVS = (
@@ -51,7 +54,7 @@ def vgg16_backbone(weights: Weights) -> tuple[Weights, dict]:
     """Trunk weights (``vgg/...`` keys) and their input normalization from
     torchvision ``vgg16`` / ``vgg16_bn`` (fc6/fc7 reduced by :func:`reduce_fc`) or
     ssd.pytorch's ``vgg16_reducedfc`` (Caffe style). Returns ``(weights, info)``,
-    ``info = {"source", "batch_norm", "mean", "std"}``."""
+    ``info = {"source", "backbone", "batch_norm", "mean", "std"}``."""
     out: Weights = {}
     if "classifier.0.weight" in weights:
         bn = "features.1.running_mean" in weights
@@ -71,18 +74,39 @@ def vgg16_backbone(weights: Weights) -> tuple[Weights, dict]:
         out |= conv(fc, "classifier.6", "vgg/conv6/conv")
         out |= conv(fc, "classifier.7", "vgg/conv7/conv")
         source = "torchvision vgg16_bn" if bn else "torchvision vgg16"
-        return out, {"source": source, "batch_norm": bn, "mean": IMAGENET_MEAN_RGB,
-                     "std": IMAGENET_STD_RGB}  # fmt: skip
+        return out, {"source": source, "backbone": "vgg16", "batch_norm": bn,
+                     "mean": IMAGENET_MEAN_RGB, "std": IMAGENET_STD_RGB}  # fmt: skip
     if "31.weight" in weights:
         for name, k in zip((*VGG_CONVS, "conv6", "conv7"), SSD_PYTORCH_VGG_CONVS, strict=True):
             out |= conv(weights, str(k), f"vgg/{name}/conv")
         bgr_to_rgb_input(out, "vgg/conv1_1/conv/kernel")
-        return out, {"source": "vgg16_reducedfc (caffe)", "batch_norm": False,
-                     "mean": CAFFE_MEAN_RGB, "std": CAFFE_STD_RGB}  # fmt: skip
+        return out, {"source": "vgg16_reducedfc (caffe)", "backbone": "vgg16",
+                     "batch_norm": False, "mean": CAFFE_MEAN_RGB, "std": CAFFE_STD_RGB}  # fmt: skip
     raise ConversionError(
         "not a VGG16 state dict: expected torchvision keys (features.N, classifier.N) or "
         f"vgg16_reducedfc keys (0.weight ... 33.weight); got e.g. {sorted(weights)[:5]}"
     )
+
+
+def mobilenet_v3_large_backbone(weights: Weights) -> tuple[Weights, dict]:
+    """Trunk weights (``mobilenet/...``) of torchvision's ImageNet
+    ``mobilenet_v3_large`` (its classifier is left out) and the ImageNet
+    normalization it was trained with. Its tail is the full one: it fits
+    ``model.backbone = "mobilenet_v3_large"``."""
+    reduced = mobilenet.reduced_tail(weights)
+    backbone = "mobilenet_v3_large_reduced_tail" if reduced else "mobilenet_v3_large"
+    return mobilenet.trunk(weights), {
+        "source": "torchvision mobilenet_v3_large", "backbone": backbone, "batch_norm": True,
+        "mean": IMAGENET_MEAN_RGB, "std": IMAGENET_STD_RGB,
+    }  # fmt: skip
+
+
+def trunk_weights(weights: Weights) -> tuple[Weights, dict]:
+    """Trunk weights and ``info = {"source", "backbone", "batch_norm", "mean",
+    "std"}`` of any ImageNet model this module reads."""
+    if mobilenet.is_mobilenet_v3_large(weights):
+        return mobilenet_v3_large_backbone(weights)
+    return vgg16_backbone(weights)
 
 
 def normalization_arrays(info: dict) -> Weights:

@@ -1,6 +1,6 @@
 """Trained SSD detectors of the PyTorch ports as ssd_jax variables and the
-configuration that describes them: jjjkkkjjj/pytorch_SSD, amdegroot/ssd.pytorch
-and torchvision ``ssd300_vgg16``."""
+configuration that describes them: jjjkkkjjj/pytorch_SSD, amdegroot/ssd.pytorch,
+torchvision ``ssd300_vgg16`` and ``ssdlite320_mobilenet_v3_large``."""
 
 import os
 from collections.abc import Callable, Sequence
@@ -13,6 +13,7 @@ from ssd_jax import build, checkpoint, steps
 from ssd_jax.config_schema import base_config
 from ssd_jax.data.classes import COCO_CATEGORY_IDS, COCO_CLASSES, VOC_CLASSES
 from ssd_jax.data.imagenet import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from ssd_jax.importers import mobilenet
 from ssd_jax.importers.backbone import (
     CAFFE_MEAN_RGB,
     CAFFE_STD_RGB,
@@ -149,24 +150,69 @@ def from_torchvision(weights: Weights) -> tuple[Weights, dict]:
         0, 6,
     )  # fmt: skip
     out |= heads
-    name_of = dict(zip(COCO_CATEGORY_IDS, COCO_CLASSES, strict=True))
-    class_names = tuple(name_of.get(k, f"unused_{k}") for k in range(1, num_classes + 1))
     info = {"architecture": "ssd300", "batch_norm": False, "num_classes": num_classes,
             "default_boxes": "ssd300_torchvision", "boxes_per_location": boxes_per_location,
-            "mean": CAFFE_MEAN_RGB, "std": CAFFE_STD_RGB, "class_names": class_names,
-            "top_k_per_class": 400}  # fmt: skip
+            "mean": CAFFE_MEAN_RGB, "std": CAFFE_STD_RGB,
+            "class_names": _torchvision_coco_names(num_classes),
+            "detection": {"top_k_per_class": 400, "clip_before_nms": True}}  # fmt: skip
+    return out, info
+
+
+def _torchvision_coco_names(num_classes: int) -> tuple[str, ...]:
+    """torchvision's COCO labels: label k is COCO category id k; the ids COCO
+    leaves unused get placeholder names."""
+    name_of = dict(zip(COCO_CATEGORY_IDS, COCO_CLASSES, strict=True))
+    return tuple(name_of.get(k, f"unused_{k}") for k in range(1, num_classes + 1))
+
+
+def from_torchvision_ssdlite(weights: Weights) -> tuple[Weights, dict]:
+    """torchvision ``ssdlite320_mobilenet_v3_large``: its MobileNetV3-Large trunk
+    (the halved tail of its COCO release, or the full one when it was built on
+    ImageNet weights), SSDlite extras and depthwise heads, the ``ssdlite320``
+    default boxes, its 91-logit COCO layout, input normalization ((x / 255 - 0.5)
+    / 0.5) and post-processing (score > 0.001, NMS at 0.55 on boxes clipped to
+    the image, 300 candidates per class, 300 detections)."""
+    trunk_weights = mobilenet.ssdlite_trunk_names(weights)
+    out = mobilenet.trunk(trunk_weights)
+    for k in range(4):
+        for n, layer in enumerate(("reduce", "depthwise", "expand")):
+            out |= mobilenet.conv_bn(weights, f"backbone.extra.{k}.{n}", f"extra{k + 1}/{layer}")
+    boxes_per_location, num_logits = [], set()
+    for ours, theirs in (("loc_heads", "regression_head"), ("conf_heads", "classification_head")):
+        for k in range(6):
+            prefix = f"head.{theirs}.module_list.{k}"
+            out |= mobilenet.conv_bn(weights, f"{prefix}.0", f"{ours}/{k}/depthwise")
+            out |= conv(weights, f"{prefix}.1", f"{ours}/{k}/pointwise")
+            if ours == "loc_heads":
+                boxes_per_location.append(out[f"{ours}/{k}/pointwise/bias"].shape[0] // 4)
+            else:
+                num_logits.add(out[f"{ours}/{k}/pointwise/bias"].shape[0] // boxes_per_location[k])
+    if len(num_logits) != 1:
+        raise ConversionError(f"the classification heads disagree on the class count: {num_logits}")
+    num_classes = num_logits.pop() - 1
+    reduced = mobilenet.reduced_tail(trunk_weights)
+    info = {"backbone": "mobilenet_v3_large_reduced_tail" if reduced else "mobilenet_v3_large",
+            "architecture": "ssdlite320", "batch_norm": True, "num_classes": num_classes,
+            "default_boxes": "ssdlite320", "boxes_per_location": tuple(boxes_per_location),
+            "mean": (127.5, 127.5, 127.5), "std": (127.5, 127.5, 127.5),
+            "class_names": _torchvision_coco_names(num_classes), "width": 1.0,
+            "detection": {"score_threshold": 0.001, "nms_iou_threshold": 0.55,
+                          "top_k_per_class": 300, "max_detections": 300,
+                          "clip_before_nms": True}}  # fmt: skip
     return out, info
 
 
 # The detectors ``python -m ssd_jax.convert --from NAME`` imports: each maps a
 # state dict (flat names -> NumPy arrays) to our variables ("/"-joined paths) and
 # an ``info`` dict (architecture, batch_norm, num_classes, default_boxes, mean,
-# std, optionally class_names, top_k_per_class). The flag's choices and the
+# std; optionally backbone, width, class_names and ``detection``, the
+# post-processing settings that differ from ours). The flag's choices and the
 # messages come from this table.
 IMPORTERS: dict[str, Callable[[Weights], tuple[Weights, dict]]] = {
     "pytorch_ssd": from_pytorch_ssd,
     "ssd.pytorch": from_ssd_pytorch,
     "torchvision": from_torchvision,
+    "torchvision_ssdlite": from_torchvision_ssdlite,
 }
 
 
@@ -177,7 +223,8 @@ def import_detector(kind: str, weights: Weights) -> tuple[Weights, dict]:
         raise ValueError(f"unknown source {kind!r}: one of {', '.join(IMPORTERS)}")
     converted, info = IMPORTERS[kind](weights)
     info.setdefault("class_names", _default_class_names(info["num_classes"]))
-    info["width"] = converted["vgg/conv1_1/conv/kernel"].shape[-1] / 64  # 1: VGG16's 64
+    if "width" not in info:  # VGG16: 64 channels in conv1_1 at width 1
+        info["width"] = converted["vgg/conv1_1/conv/kernel"].shape[-1] / 64
     return converted, info
 
 
@@ -185,7 +232,8 @@ def detector_config(
     info: dict, class_names: Sequence[str] | None = None
 ) -> ml_collections.ConfigDict:
     """The configuration (:func:`ssd_jax.config_schema.base_config`) describing an
-    imported detector: architecture, default boxes, classes, input normalization."""
+    imported detector: backbone, architecture, default boxes, classes, input
+    normalization and post-processing."""
     config = base_config()
     config.model.backbone = info.get("backbone", "vgg16")
     config.model.architecture = info["architecture"]
@@ -194,7 +242,7 @@ def detector_config(
     config.model.width = info.get("width", 1.0)
     config.data.class_names = tuple(class_names or info["class_names"])
     config.data.mean, config.data.std = tuple(info["mean"]), tuple(info["std"])
-    config.detection.top_k_per_class = info.get("top_k_per_class", 200)
+    config.detection.update(info.get("detection", {}))
     if len(config.data.class_names) != info["num_classes"]:
         raise ConversionError(
             f"{len(config.data.class_names)} class names for a {info['num_classes']}-class model"

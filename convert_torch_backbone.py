@@ -1,13 +1,15 @@
-"""Converts ImageNet VGG16 weights to an ssd_jax backbone (``.npz``).
+"""Converts ImageNet weights to an ssd_jax backbone (``.npz``).
 
-    python convert_torch_vgg.py --input vgg16-397923af.pth --output weights/vgg16_ssd
+    python convert_torch_backbone.py --input vgg16-397923af.pth --output weights/vgg16_ssd
     python -m ssd_jax.train --config configs/ssd300_voc.py --workdir runs/ssd300_voc \\
         --config.init.backbone=weights/vgg16_ssd.npz
 
 Accepts torchvision ``vgg16`` (fc6/fc7 subsampled to the paper's conv6/conv7),
-``vgg16_bn`` (for ``--config.model.batch_norm=True``) and ssd.pytorch's
+``vgg16_bn`` (for ``--config.model.batch_norm=True``), ssd.pytorch's
 ``vgg16_reducedfc.pth`` (Caffe-style: BGR minus (104, 117, 123), converted to
-RGB), as ``.pth`` (needs torch), ``.safetensors`` or ``.npz``. The input
+RGB) and torchvision ``mobilenet_v3_large`` (for ``--config.model.backbone=
+mobilenet_v3_large``, e.g. ``configs/ssdlite320_voc.py``), as ``.pth`` (needs
+torch), ``.safetensors`` or ``.npz``. The input
 normalization the weights expect is stored with them (``normalization/mean``,
 ``normalization/std``, 0-255 RGB) and training and inference use it.
 """
@@ -17,7 +19,7 @@ import os
 import numpy as np
 from absl import flags
 
-from ssd_jax.importers.backbone import normalization_arrays, vgg16_backbone
+from ssd_jax.importers.backbone import normalization_arrays, trunk_weights
 from ssd_jax.importers.common import read_state_dict
 
 FLAGS = flags.FLAGS
@@ -25,18 +27,21 @@ FLAGS = flags.FLAGS
 
 def main(argv: list[str]) -> None:
     del argv
-    converted, info = vgg16_backbone(read_state_dict(FLAGS.input))
+    converted, info = trunk_weights(read_state_dict(FLAGS.input))
     output = FLAGS.output if FLAGS.output.endswith(".npz") else FLAGS.output + ".npz"
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     np.savez(output, **converted, **normalization_arrays(info))
     print(f"{info['source']}: {len(converted)} arrays -> {output} "
-          f"(batch_norm={info['batch_norm']}, mean={info['mean']}, std={info['std']})")  # fmt: skip
+          f"(backbone={info['backbone']}, batch_norm={info['batch_norm']}, mean={info['mean']}, "
+          f"std={info['std']})")  # fmt: skip
 
 
 if __name__ == "__main__":
     from ssd_jax import cli
 
-    flags.DEFINE_string("input", None, "VGG16 state dict file (.pth, .safetensors or .npz).")
+    flags.DEFINE_string(
+        "input", None, "ImageNet VGG16 or MobileNetV3-Large weights (.pth/.safetensors/.npz)."
+    )
     flags.DEFINE_string("output", None, "Output path (.npz is added).")
     flags.mark_flags_as_required(["input", "output"])
     cli.run(main)
