@@ -430,3 +430,25 @@ def test_device_augmentation_without_photometric_and_zoom_out_skips_them():
             assert not np.array_equal(on[b], shapes)
             unchanged += 1
     assert unchanged >= 1
+
+
+def test_the_configurations_photometric_and_zoom_out_reach_both_paths():
+    """data.photometric / data.zoom_out False: the host pipeline that build makes
+    keeps a one-colour image's colour in every pixel (True: some do not), and the
+    device augmentation that build makes gets both switches."""
+    config = load_config_file(os.path.join(ROOT, "configs", "tiny.py"))
+    colour = (10, 200, 30)
+    image = np.empty((60, 80, 3), np.uint8)
+    image[...] = colour
+    source = [{"image": image, "boxes": EXAMPLE_BOXES, "labels": EXAMPLE_LABELS,
+               "difficult": np.zeros(3, bool), "is_crowd": np.zeros(3, bool),
+               "image_id": i, "height": 60, "width": 80} for i in range(8)]  # fmt: skip
+    for on in (False, True):
+        config.data.photometric = config.data.zoom_out = on
+        config.data.augment_on = "host"
+        images = build.train_dataset(config, source)[0]["image"]
+        one_colour = [(im == colour).all() for im in images]
+        assert all(one_colour) if not on else not all(one_colour)
+        config.data.augment_on = "device"
+        keywords = build.device_augmentation(config).keywords
+        assert (keywords["photometric"], keywords["zoom_out"]) == (on, on)

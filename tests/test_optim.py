@@ -162,3 +162,17 @@ def test_a_new_weight_decay_choice_is_one_entry_in_the_table(monkeypatch):
     config_schema.validate(config)
     model = TINY_MODELS["ssdlite"]()
     assert decayed_paths(model, "none") == set()
+
+
+@pytest.mark.parametrize("weight_decay_on", ["kernels", "all"])
+def test_build_gives_the_optimizer_the_configured_weight_decay_on(weight_decay_on):
+    config = config_schema.base_config()
+    config.optimizer.learning_rate, config.optimizer.warmup_steps = 1.0, 1  # rate 1 at batch 32
+    config.optimizer.momentum, config.optimizer.weight_decay = 0.0, 0.1
+    config.optimizer.weight_decay_on = weight_decay_on
+    sgd, _ = build.optimizer(config)
+    every = weight_decay_on == "all"  # -(g + 0.1 * p): p = 2, 2, 20
+    bias, scale = (-0.7, -2.5) if every else (-0.5, -0.5)
+    assert updates(sgd) == pytest.approx(
+        {"conv/kernel": -0.7, "conv/bias": bias, "norm/scale": scale}
+    )

@@ -54,6 +54,10 @@ def test_configs_load_with_the_paper_defaults(name):
         assert config.optimizer.name == "sgd"
         assert config.batch_size == 32 and config.optimizer.learning_rate == 1e-3
         assert config.optimizer.weight_decay == 5e-4 and config.optimizer.warmup_steps == 500
+        # the paper's: decay on conv kernels, step decay, the full augmentation
+        assert config.optimizer.weight_decay_on == "kernels"
+        assert config.optimizer.schedule == "step"
+        assert config.data.photometric and config.data.zoom_out
         coco = "coco" in name
         assert config.num_steps == (400_000 if coco else 120_000)
         assert tuple(config.optimizer.milestones) == (
