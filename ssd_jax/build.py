@@ -46,7 +46,8 @@ def train_dataset(
     fixed-shape training batches of ``batch_size // shard_count`` images (a Grain
     ``MapDataset``: :func:`ssd_jax.data.pipeline.train_dataset`). A zoomed-out
     image's canvas takes the input normalization's mean, on the host as on the
-    device (:func:`device_augmentation`)."""
+    device (:func:`device_augmentation`); ``data.photometric`` and
+    ``data.zoom_out`` switch those two steps on both."""
     from ssd_jax.data import pipeline  # here: inference loads no Grain
 
     return pipeline.train_dataset(
@@ -59,6 +60,8 @@ def train_dataset(
         keep_difficult=config.data.keep_difficult,
         keep_crowd=config.data.keep_crowd,
         augment=config.data.augment,
+        photometric=config.data.photometric,
+        zoom_out=config.data.zoom_out,
         augment_on=augment_on(config.data),
         max_side=config.data.decode_max_side,
         shard_index=shard_index,
@@ -97,14 +100,26 @@ def learning_rate(config: ml_collections.ConfigDict) -> float:
 def optimizer(
     config: ml_collections.ConfigDict,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """``(optimizer, schedule)`` of ``config.optimizer`` (warmup, step decay, weight
-    decay on conv kernels, optional gradient clipping)."""
+    """``(optimizer, schedule)`` of ``config.optimizer``: the ``schedule`` of
+    :data:`ssd_jax.optim.SCHEDULES` (warmup, then step or cosine decay) of the
+    batch-scaled rate, weight decay on the parameters that ``weight_decay_on``
+    names (:data:`ssd_jax.optim.WEIGHT_DECAY_ON`), optional gradient clipping."""
     opt = config.optimizer
-    schedule = optim.step_schedule(
-        learning_rate(config), opt.warmup_steps, opt.milestones, opt.gamma
+    schedule = optim.make_schedule(
+        opt.schedule,
+        learning_rate(config),
+        warmup_steps=opt.warmup_steps,
+        num_steps=config.num_steps,
+        milestones=opt.milestones,
+        gamma=opt.gamma,
     )
     transform = optim.make_optimizer(
-        opt.name, schedule, opt.momentum, opt.weight_decay, opt.grad_clip_norm or None
+        opt.name,
+        schedule,
+        opt.momentum,
+        opt.weight_decay,
+        opt.grad_clip_norm or None,
+        weight_decay_on=opt.weight_decay_on,
     )
     return transform, schedule
 
@@ -150,4 +165,6 @@ def device_augmentation(
         seed=config.seed,
         size=image_size(config.model),
         fill_rgb=tuple(config.data.mean),
+        photometric=config.data.photometric,
+        zoom_out=config.data.zoom_out,
     )

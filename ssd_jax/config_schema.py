@@ -19,6 +19,7 @@ from ssd_jax.default_boxes import PRESETS
 from ssd_jax.errors import UserError
 from ssd_jax.evaluation.scoring import METRICS
 from ssd_jax.models.backbones import BACKBONES
+from ssd_jax.optim import SCHEDULES, WEIGHT_DECAY_ON
 
 AUGMENT_PLACES = ("auto", "host", "device")
 ON_TRAIN_CHANGE = ("refuse", "restart_epoch")
@@ -61,6 +62,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.keep_difficult = False  # keep VOC "difficult" objects as training targets
     config.data.keep_crowd = False  # keep COCO crowd boxes as training targets
     config.data.augment = True  # False: resize only (the reference's no-augmentation switch)
+    # the steps of the augmentation (host and device alike): False skips the photometric
+    # distortion, the zoom-out (torchvision's "ssdlite" policy: only min-IoU crop and flip)
+    config.data.photometric = True
+    config.data.zoom_out = True
     # where the augmentation runs: "host" (Grain workers), "device" (in the train step;
     # the host only decodes) or "auto" (device on GPU/TPU, host on CPU: measured fastest)
     config.data.augment_on = "auto"
@@ -83,7 +88,13 @@ def base_config() -> ml_collections.ConfigDict:
     config.optimizer.base_batch_size = 32
     config.optimizer.momentum = 0.9
     config.optimizer.weight_decay = 5e-4
-    config.optimizer.warmup_steps = 500
+    # which parameters decay, a key of ssd_jax.optim.WEIGHT_DECAY_ON: "kernels" (conv
+    # kernels, as Caffe's SSD), "all" (torch SGD's) or "all_but_norm" (no BatchNorm/L2Norm)
+    config.optimizer.weight_decay_on = "kernels"
+    config.optimizer.warmup_steps = 500  # linear warmup factor min(1, (step + 1) / warmup_steps)
+    # a key of ssd_jax.optim.SCHEDULES: "step" (x gamma at each of the milestones) or
+    # "cosine" (from the rate to 0 at num_steps; milestones and gamma unused)
+    config.optimizer.schedule = "step"
     config.optimizer.milestones = (80_000, 100_000)
     config.optimizer.gamma = 0.1
     config.optimizer.grad_clip_norm = 0.0  # 0 = off
@@ -166,10 +177,13 @@ def _rules(config: ml_collections.ConfigDict) -> list[tuple[str, bool, str]]:
         ("heartbeat_timeout_s", config.heartbeat_timeout_s >= 1, "at least 1"),
         ("optimizer.name", opt.name in ("sgd", "adam"), "'sgd' or 'adam'"),
         ("optimizer.learning_rate", opt.learning_rate > 0, "positive"),
+        ("optimizer.schedule", opt.schedule in SCHEDULES, str(tuple(SCHEDULES))),
         ("optimizer.warmup_steps", opt.warmup_steps >= 0, "0 or more"),
         ("optimizer.gamma", opt.gamma > 0, "positive"),
         ("optimizer.momentum", 0 <= opt.momentum < 1, "in [0, 1)"),
         ("optimizer.weight_decay", opt.weight_decay >= 0, "0 or more"),
+        ("optimizer.weight_decay_on", opt.weight_decay_on in WEIGHT_DECAY_ON,
+         str(tuple(WEIGHT_DECAY_ON))),
         ("optimizer.grad_clip_norm", opt.grad_clip_norm >= 0, "0 (off) or more"),
         ("loss.match_iou_threshold", 0 < loss.match_iou_threshold <= 1, "in (0, 1]"),
         ("loss.neg_pos_ratio", loss.neg_pos_ratio > 0, "positive"),

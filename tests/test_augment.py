@@ -198,3 +198,61 @@ def test_uint8_saturation_hue_follows_the_float_version():
     np.testing.assert_array_equal(
         photometric.adjust_saturation_hue_uint8(red, 1.0, 120.0), [[[0, 255, 0]]]
     )
+
+
+FILL = (124, 116, 104)
+
+
+def flat_example(height, width, colour):
+    """One image of a single ``colour`` (far from FILL) with two boxes."""
+    image = np.empty((height, width, 3), np.uint8)
+    image[...] = colour
+    boxes = np.array([[0.1, 0.2, 0.5, 0.6], [0.4, 0.3, 0.9, 0.8]], np.float32)
+    return {"image": image, "boxes": boxes, "labels": np.array([1, 2], np.int32),
+            "difficult": np.zeros(2, bool), "is_crowd": np.zeros(2, bool),
+            "image_id": 0, "height": height, "width": width}  # fmt: skip
+
+
+def test_zoom_out_false_draws_no_canvas_and_shows_no_fill():
+    """With zoom_out=False no seed draws a canvas and every output pixel keeps the
+    image's one colour (photometric off, so only a zoom-out could bring the fill
+    colour in); with zoom_out=True about half the seeds draw a canvas, and many
+    outputs show the fill."""
+    colour = (10, 200, 30)
+    example = flat_example(60, 80, colour)
+    canvases, fills = {True: 0, False: 0}, {True: 0, False: 0}
+    for zoom_out in (True, False):
+        for seed in range(40):
+            rng = np.random.default_rng(seed)
+            canvases[zoom_out] += augment.draw_geometry(example["boxes"], (60, 80), rng,
+                                                        zoom_out).canvas is not None  # fmt: skip
+            out = augment.train_augment(example, np.random.default_rng(seed), 48, FILL,
+                                        photometric=False, zoom_out=zoom_out)  # fmt: skip
+            fills[zoom_out] += bool(np.any(np.all(out["image"] == FILL, axis=-1)))
+            if not zoom_out:
+                assert (out["image"] == colour).all()
+    assert canvases[False] == fills[False] == 0
+    assert 10 <= canvases[True] <= 30 and fills[True] >= 5
+
+
+def test_photometric_false_keeps_the_pixels_of_an_uncropped_unflipped_image():
+    """photometric=False, zoom_out=False: an image that the geometry neither crops
+    nor flips comes out as it went in (same size: the warp is the identity); with
+    photometric=True the same draws change it."""
+    example = SyntheticShapes(1, num_classes=4, image_size=(64, 64), seed=3)[0]
+    boxes, _ = augment.training_targets(example, False, False)
+    kept = 0
+    for seed in range(60):
+        geometry = augment.draw_geometry(boxes, (64, 64), np.random.default_rng(seed), False)
+        out = augment.train_augment(example, np.random.default_rng(seed), 64, FILL,
+                                    photometric=False, zoom_out=False)  # fmt: skip
+        if geometry.patch is None and not geometry.flip:
+            np.testing.assert_array_equal(out["image"], example["image"])
+            np.testing.assert_array_equal(out["boxes"], np.clip(boxes, 0, 1))
+            kept += 1
+    assert kept >= 5
+    distorted = [
+        augment.train_augment(example, np.random.default_rng(seed), 64, FILL, zoom_out=False)
+        for seed in range(60)
+    ]
+    assert sum(not np.array_equal(d["image"], example["image"]) for d in distorted) >= 55

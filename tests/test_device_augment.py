@@ -373,3 +373,82 @@ def test_a_zoomed_out_canvas_takes_the_configured_mean_on_the_host_and_on_the_de
     # zoom-outs (half the images) by up to 4x, then crops: a good part is canvas
     assert canvas_share(np.stack(on_device)) > 0.05
     assert canvas_share(np.stack(on_host)) > 0.05
+
+
+def test_photometric_and_zoom_out_false_draw_identity_and_image_sized_canvases():
+    """sample_params with photometric=False gives the identity distortion and with
+    zoom_out=False the image itself as canvas (zoom ratio 1), for every key; the
+    crop and flip are still drawn. With True, many keys distort and zoom out."""
+    hw = jnp.array([60, 90])
+    mask = np.ones(3, bool)
+
+    def draw(photometric, zoom_out):
+        sample = jax.vmap(lambda k: da.sample_params(k, hw, EXAMPLE_BOXES, mask,
+                          photometric=photometric, zoom_out=zoom_out))  # fmt: skip
+        return jax.tree.map(np.asarray, sample(jax.random.split(jax.random.key(0), 64)))
+
+    off, on = draw(False, False), draw(True, True)
+    np.testing.assert_array_equal(off.canvas, np.tile([60.0, 90.0, 0.0, 0.0], (64, 1)))
+    for name, identity in (("brightness", 0), ("contrast_before", 1), ("saturation", 1),
+                           ("hue", 0), ("contrast_after", 1)):  # fmt: skip
+        assert (getattr(off, name) == identity).all(), name
+        assert (getattr(on, name) != identity).sum() >= 10, name
+    np.testing.assert_array_equal(off.permutation, np.tile([0, 1, 2], (64, 1)))
+    assert (on.canvas[:, :2] > [60, 90]).all(axis=1).sum() >= 20
+    assert off.cropped.sum() >= 10 and 10 <= off.flip.sum() <= 54
+
+
+def test_device_augmentation_without_photometric_and_zoom_out_skips_them():
+    """augment_step with photometric=False, zoom_out=False: a one-colour image keeps
+    its colour everywhere (no fill, no distortion), and an image its parameters
+    neither crop nor flip comes out unchanged; with both True neither holds."""
+    colour = np.array([10, 200, 30], np.uint8)
+    flat = np.broadcast_to(colour, (SIZE, SIZE, 3))
+    shapes = SyntheticShapes(1, num_classes=4, image_size=(SIZE, SIZE), seed=3)[0]["image"]
+    pictures = [flat] * 8 + [shapes] * 8
+    images, hws, boxes, labels, masks = zip(
+        *[decoded(p, EXAMPLE_BOXES, EXAMPLE_LABELS) for p in pictures]
+    )
+    batch = {"image": np.stack(images), "image_hw": np.stack(hws), "boxes": np.stack(boxes),
+             "labels": np.stack(labels), "mask": np.stack(masks)}  # fmt: skip
+    key = jax.random.fold_in(jax.random.key(0), 0)  # augment_step's for seed 0, step 0
+
+    def run(on):
+        step = jax.jit(lambda b: da.augment_step(jnp.int32(0), b, seed=0, size=SIZE,
+                       fill_rgb=IMAGENET_MEAN_RGB, photometric=on, zoom_out=on))  # fmt: skip
+        return np.asarray(step(batch)["image"])
+
+    off, on = run(False), run(True)
+    assert (off[:8] == colour).all()
+    assert sum(not (image == colour).all() for image in on[:8]) >= 4
+    unchanged = 0
+    for b in range(8, 16):
+        params = da.sample_params(jax.random.fold_in(key, b), hws[b], boxes[b], masks[b],
+                                  photometric=False, zoom_out=False)  # fmt: skip
+        if not bool(params.cropped) and not bool(params.flip):
+            np.testing.assert_array_equal(off[b], shapes)
+            assert not np.array_equal(on[b], shapes)
+            unchanged += 1
+    assert unchanged >= 1
+
+
+def test_the_configurations_photometric_and_zoom_out_reach_both_paths():
+    """data.photometric / data.zoom_out False: the host pipeline that build makes
+    keeps a one-colour image's colour in every pixel (True: some do not), and the
+    device augmentation that build makes gets both switches."""
+    config = load_config_file(os.path.join(ROOT, "configs", "tiny.py"))
+    colour = (10, 200, 30)
+    image = np.empty((60, 80, 3), np.uint8)
+    image[...] = colour
+    source = [{"image": image, "boxes": EXAMPLE_BOXES, "labels": EXAMPLE_LABELS,
+               "difficult": np.zeros(3, bool), "is_crowd": np.zeros(3, bool),
+               "image_id": i, "height": 60, "width": 80} for i in range(8)]  # fmt: skip
+    for on in (False, True):
+        config.data.photometric = config.data.zoom_out = on
+        config.data.augment_on = "host"
+        images = build.train_dataset(config, source)[0]["image"]
+        one_colour = [(im == colour).all() for im in images]
+        assert all(one_colour) if not on else not all(one_colour)
+        config.data.augment_on = "device"
+        keywords = build.device_augmentation(config).keywords
+        assert (keywords["photometric"], keywords["zoom_out"]) == (on, on)

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from ssd_jax import checkpoint, optim, train
-from ssd_jax.config_schema import load_config_file
+from ssd_jax.config_schema import load_config_file, validate
 from ssd_jax.data.synthetic import SHAPE_NAMES, SyntheticShapes, write_coco, write_voc
 from ssd_jax.metrics_writer import read_metrics
 
@@ -54,12 +54,57 @@ def test_configs_load_with_the_paper_defaults(name):
         assert config.optimizer.name == "sgd"
         assert config.batch_size == 32 and config.optimizer.learning_rate == 1e-3
         assert config.optimizer.weight_decay == 5e-4 and config.optimizer.warmup_steps == 500
+        # the paper's: decay on conv kernels, step decay, the full augmentation
+        assert config.optimizer.weight_decay_on == "kernels"
+        assert config.optimizer.schedule == "step"
+        assert config.data.photometric and config.data.zoom_out
         coco = "coco" in name
         assert config.num_steps == (400_000 if coco else 120_000)
         assert tuple(config.optimizer.milestones) == (
             (280_000, 360_000) if coco else (80_000, 100_000)
         )
         assert config.model.architecture == name[:6]
+
+
+CONFIG_NAMES = sorted(
+    name.removesuffix(".py")
+    for name in os.listdir(os.path.join(ROOT, "configs"))
+    if name.endswith(".py") and name != "__init__.py"
+)
+
+
+def test_every_config_file_passes_validation():
+    assert {"ssdlite320_coco", "ssdlite320_voc", "tiny"} <= set(CONFIG_NAMES)
+    for name in CONFIG_NAMES:
+        validate(load_config(name))
+
+
+def test_the_ssdlite_configs_follow_their_recipes():
+    """ssdlite320_coco: torchvision's reference (references/detection/README.md:
+    660 epochs of 8 x 24 images, lr 0.15, cosine, weight decay 4e-5 on every
+    parameter, the "ssdlite" augmentation; the model's post-processing and 0.5 / 0.5
+    normalization); ssdlite320_voc: lufficc/SSD's MobileNetV3 SSD320 VOC solver."""
+    coco = load_config("ssdlite320_coco")
+    assert (coco.model.backbone, coco.model.architecture) == (
+        "mobilenet_v3_large_reduced_tail", "ssdlite320")  # fmt: skip
+    assert coco.init.backbone == "" and coco.eval_metric == "coco"
+    assert tuple(coco.data.mean) == tuple(coco.data.std) == (127.5, 127.5, 127.5)
+    assert not coco.data.photometric and not coco.data.zoom_out and coco.data.augment
+    assert coco.batch_size == coco.optimizer.base_batch_size == 192
+    assert coco.optimizer.learning_rate == 0.15 and coco.optimizer.schedule == "cosine"
+    assert coco.num_steps == 660 * 610 and coco.optimizer.warmup_steps == 609
+    assert (coco.optimizer.weight_decay, coco.optimizer.weight_decay_on) == (4e-5, "all")
+    assert (coco.optimizer.name, coco.optimizer.momentum) == ("sgd", 0.9)
+    detection = coco.detection
+    assert (detection.score_threshold, detection.nms_iou_threshold) == (0.001, 0.55)
+    assert detection.top_k_per_class == detection.max_detections == 300
+    voc = load_config("ssdlite320_voc")
+    assert (voc.model.backbone, voc.model.architecture) == ("mobilenet_v3_large", "ssdlite320")
+    assert voc.data.photometric and voc.data.zoom_out and voc.eval_metric == "voc"
+    assert (voc.batch_size, voc.optimizer.learning_rate, voc.num_steps) == (32, 1e-3, 120_000)
+    assert tuple(voc.optimizer.milestones) == (80_000, 100_000)
+    assert voc.optimizer.schedule == "step" and voc.optimizer.weight_decay_on == "all"
+    assert voc.optimizer.weight_decay == 5e-4
 
 
 def test_unknown_config_key_fails(tmp_path):

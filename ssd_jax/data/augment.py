@@ -225,12 +225,13 @@ class Geometry:
 
 
 def draw_geometry(
-    boxes: np.ndarray, image_shape: tuple[int, int], rng: np.random.Generator
+    boxes: np.ndarray, image_shape: tuple[int, int], rng: np.random.Generator, zoom_out: bool = True
 ) -> Geometry:
-    """Zoom-out (:func:`sample_expand`), crop (:func:`sample_crop` on the canvas's
-    boxes) and flip (p = 0.5), drawn in that order, for normalized xyxy ``boxes``
-    (N, 4) of an image of ``image_shape`` (height, width)."""
-    canvas = sample_expand(image_shape, rng)
+    """Zoom-out (:func:`sample_expand`; not drawn unless ``zoom_out``), crop
+    (:func:`sample_crop` on the canvas's boxes) and flip (p = 0.5), drawn in that
+    order, for normalized xyxy ``boxes`` (N, 4) of an image of ``image_shape``
+    (height, width)."""
+    canvas = sample_expand(image_shape, rng) if zoom_out else None
     canvas_shape = image_shape if canvas is None else canvas[:2]
     if canvas is not None:
         boxes = expand_boxes(boxes, image_shape, canvas)
@@ -273,9 +274,14 @@ def train_augment(
     fill_rgb: tuple[float, float, float],
     keep_difficult: bool = False,
     keep_crowd: bool = False,
+    *,
+    photometric: bool = True,
+    zoom_out: bool = True,
 ) -> dict:
     """The full training augmentation of one example: :func:`photometric_distort`,
     zoom-out (:func:`sample_expand`), :func:`sample_crop`, flip (p = 0.5) and resize.
+    ``photometric=False`` / ``zoom_out=False`` leave out those steps and their
+    random draws (torchvision's "ssdlite" policy: crop and flip only).
 
     The geometric ops draw the same random numbers as :func:`expand`,
     :func:`crop` and :func:`horizontal_flip` applied in turn (:func:`draw_geometry`),
@@ -288,8 +294,8 @@ def train_augment(
       "image_id", "height", "width"}``.
     """
     boxes, labels = training_targets(example, keep_difficult, keep_crowd)
-    image = photometric_distort(example["image"], rng)
-    geometry = draw_geometry(boxes, image.shape[:2], rng)
+    image = photometric_distort(example["image"], rng) if photometric else example["image"]
+    geometry = draw_geometry(boxes, image.shape[:2], rng, zoom_out)
     image, boxes, kept = apply_geometry(image, boxes, geometry, image_size, fill_rgb)
     return training_output(example, image, boxes, labels[kept], image_size)
 

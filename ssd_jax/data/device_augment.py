@@ -74,6 +74,16 @@ def _sample_photometric(key: jax.Array) -> dict:
     }
 
 
+# the photometric parameters that change nothing (data.photometric False)
+_NO_PHOTOMETRIC = {
+    "brightness": 0.0,
+    "contrast_before": 1.0,
+    "saturation": 1.0,
+    "hue": 0.0,
+    "contrast_after": 1.0,
+}
+
+
 def _sample_canvas(
     key: jax.Array, image_hw: jax.Array, max_ratio: float, probability: float
 ) -> jax.Array:
@@ -148,6 +158,8 @@ def sample_params(
     boxes_xyxy: jax.Array,
     mask: jax.Array,
     *,
+    photometric: bool = True,
+    zoom_out: bool = True,
     expand_max_ratio: float = 4.0,
     expand_probability: float = 0.5,
     min_scale: float = 0.3,
@@ -161,13 +173,23 @@ def sample_params(
       boxes_xyxy: (M, 4) normalized xyxy of the valid image; rows where not ``mask``
         are ignored.
       mask: (M,) bool, real training targets.
+      photometric, zoom_out: False gives the identity distortion / no zoom-out
+        (the other parameters are drawn as with True, from the same keys).
     """
     photometric_key, canvas_key, patch_key, flip_key = jax.random.split(key, 4)
-    canvas = _sample_canvas(canvas_key, image_hw, expand_max_ratio, expand_probability)
+    if zoom_out:
+        canvas = _sample_canvas(canvas_key, image_hw, expand_max_ratio, expand_probability)
+    else:
+        canvas = jnp.concatenate([image_hw.astype(jnp.float32), jnp.zeros(2, jnp.float32)])
+    if photometric:
+        distortion = _sample_photometric(photometric_key)
+    else:
+        distortion = {k: jnp.float32(v) for k, v in _NO_PHOTOMETRIC.items()}
+        distortion["permutation"] = jnp.arange(3)
     boxes = canvas_boxes(boxes_xyxy, image_hw, canvas)
     cropped, patch = _sample_patch(patch_key, boxes, mask, canvas[:2], min_scale, max_trials)
     return Params(
-        **_sample_photometric(photometric_key),
+        **distortion,
         canvas=canvas,
         cropped=cropped,
         patch=patch,
@@ -305,11 +327,16 @@ def apply_params(
     mask: jax.Array,
     size: int,
     fill_rgb: tuple[float, float, float],
+    photometric: bool = True,
 ) -> dict:
     """One image's augmentation with given ``params``: ``image`` uint8 (S, S', 3)
     padded, ``image_hw`` its valid (height, width), targets (M, 4) / (M,) / (M,).
-    Returns ``{"image": uint8 (size, size, 3), "boxes", "labels", "mask"}``."""
-    distorted = distort(image.astype(jnp.float32), params)
+    ``photometric=False`` skips :func:`distort` (for parameters without
+    distortion, which it would leave unchanged). Returns ``{"image": uint8
+    (size, size, 3), "boxes", "labels", "mask"}``."""
+    distorted = image.astype(jnp.float32)
+    if photometric:
+        distorted = distort(distorted, params)
     pixels = warp(distorted, image_hw, window(params), params.flip, size, fill_rgb)
     boxes, mask = transform_boxes(params, image_hw, boxes_xyxy, mask, size)
     return {
@@ -321,16 +348,27 @@ def apply_params(
 
 
 def augment_batch(
-    key: jax.Array, batch: dict, size: int, fill_rgb: tuple[float, float, float]
+    key: jax.Array,
+    batch: dict,
+    size: int,
+    fill_rgb: tuple[float, float, float],
+    *,
+    photometric: bool = True,
+    zoom_out: bool = True,
 ) -> dict:
     """Augments a decoded batch: ``image`` uint8 (B, S, S', 3), ``image_hw`` int32
     (B, 2), ``boxes`` (B, M, 4), ``labels``, ``mask`` (B, M). Image b uses
-    ``fold_in(key, b)``, b its index in the (global) batch. Returns the batch with
-    ``image`` uint8 (B, size, size, 3) and the transformed targets."""
+    ``fold_in(key, b)``, b its index in the (global) batch. ``photometric`` /
+    ``zoom_out`` False leave out those steps. Returns the batch with ``image``
+    uint8 (B, size, size, 3) and the transformed targets."""
+    steps = {"photometric": photometric, "zoom_out": zoom_out}
 
     def one_image(index, image, image_hw, boxes, labels, mask):
-        params = sample_params(jax.random.fold_in(key, index), image_hw, boxes, mask)
-        return apply_params(params, image, image_hw, boxes, labels, mask, size, fill_rgb)
+        key_b = jax.random.fold_in(key, index)
+        params = sample_params(key_b, image_hw, boxes, mask, **steps)
+        return apply_params(
+            params, image, image_hw, boxes, labels, mask, size, fill_rgb, photometric
+        )
 
     indices = jnp.arange(batch["image"].shape[0])
     parts = ("image", "image_hw", "boxes", "labels", "mask")
@@ -338,9 +376,17 @@ def augment_batch(
 
 
 def augment_step(
-    step: jax.Array, batch: dict, *, seed: int, size: int, fill_rgb: tuple[float, float, float]
+    step: jax.Array,
+    batch: dict,
+    *,
+    seed: int,
+    size: int,
+    fill_rgb: tuple[float, float, float],
+    photometric: bool = True,
+    zoom_out: bool = True,
 ) -> dict:
     """:func:`augment_batch` for train step ``step`` of a run with ``seed``: the
     key is ``fold_in(key(seed), step)``, so a resumed run draws what an
     uninterrupted one would have drawn."""
-    return augment_batch(jax.random.fold_in(jax.random.key(seed), step), batch, size, fill_rgb)
+    key = jax.random.fold_in(jax.random.key(seed), step)
+    return augment_batch(key, batch, size, fill_rgb, photometric=photometric, zoom_out=zoom_out)

@@ -149,6 +149,9 @@ class TrainTransform(grain.transforms.RandomMap):
         keep_difficult: bool = False,
         keep_crowd: bool = False,
         augment: bool = True,
+        *,
+        photometric: bool = True,
+        zoom_out: bool = True,
     ):
         self.image_size = image_size
         self.max_boxes = max_boxes
@@ -156,11 +159,14 @@ class TrainTransform(grain.transforms.RandomMap):
         self.keep_difficult = keep_difficult
         self.keep_crowd = keep_crowd
         self.augment = augment
+        self.photometric = photometric
+        self.zoom_out = zoom_out
 
     def random_map(self, example: dict, rng: np.random.Generator) -> dict:
         keep = (self.keep_difficult, self.keep_crowd)
         if self.augment:
-            augmented = train_augment(example, rng, self.image_size, self.fill_rgb, *keep)
+            steps = {"photometric": self.photometric, "zoom_out": self.zoom_out}
+            augmented = train_augment(example, rng, self.image_size, self.fill_rgb, *keep, **steps)
         else:
             augmented = train_resize_only(example, self.image_size, *keep)
         return {
@@ -286,6 +292,8 @@ def train_dataset(
     keep_difficult: bool = False,
     keep_crowd: bool = False,
     augment: bool = True,
+    photometric: bool = True,
+    zoom_out: bool = True,
     augment_on: str = "host",
     max_side: int = 512,
     num_epochs: int | None = None,
@@ -296,7 +304,9 @@ def train_dataset(
     reshuffled every epoch, augmented, batched with ``drop_remainder``.
 
     ``batch_size`` is the per-process batch; ``num_epochs=None`` repeats forever;
-    ``augment=False`` only resizes. ``augment_on="device"`` leaves the
+    ``augment=False`` only resizes; ``photometric`` / ``zoom_out`` False leave out
+    those steps of the host augmentation (the device's are set in the train
+    step). ``augment_on="device"`` leaves the
     augmentation to the train step: the batches are decoded images fitted into
     (``max_side``, ``max_side``) with ``image_hw`` (:class:`DecodeTransform`).
     Iterate with :func:`make_iterator`.
@@ -315,7 +325,8 @@ def train_dataset(
     if augment and augment_on == "device":
         dataset = dataset.map(DecodeTransform(max_side, max_boxes, *keep))
     else:
-        transform = TrainTransform(image_size, max_boxes, fill_rgb, *keep, augment)
+        steps = {"photometric": photometric, "zoom_out": zoom_out}
+        transform = TrainTransform(image_size, max_boxes, fill_rgb, *keep, augment, **steps)
         dataset = dataset.random_map(transform, seed=seed)
     return dataset.batch(batch_size, drop_remainder=True)
 
