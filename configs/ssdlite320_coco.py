@@ -57,5 +57,6 @@ def get_config():
     config.detection.nms_iou_threshold = 0.55
     config.detection.top_k_per_class = 300  # topk_candidates, per class
     config.detection.max_detections = 300  # detections_per_img
+    config.detection.clip_before_nms = True  # boxes clipped to the image, then NMS
     config.checkpoint_every = config.eval_every = 10 * STEPS_PER_EPOCH
     return config

@@ -5,8 +5,9 @@ trainval, evaluates on VOC2007 test, from ImageNet backbone weights.
         --config.init.backbone=weights/mobilenet_v3_large_imagenet.npz
 
 The backbone keeps MobileNetV3's full tail (``mobilenet_v3_large``), which
-torchvision's ImageNet ``mobilenet_v3_large`` weights fit (``init.backbone``;
-their converter is to come); the input normalization is theirs (ImageNet mean
+torchvision's ImageNet ``mobilenet_v3_large`` weights fit (``init.backbone``,
+converted by ``python convert_torch_backbone.py --input mobilenet_v3_large-*.pth
+--output weights/mobilenet_v3_large_imagenet``); the input normalization is theirs (ImageNet mean
 and std, the default).
 
 The recipe is lufficc/SSD's ``configs/mobilenet_v3_ssd320_voc0712.yaml``, which

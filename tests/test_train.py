@@ -98,6 +98,7 @@ def test_the_ssdlite_configs_follow_their_recipes():
     detection = coco.detection
     assert (detection.score_threshold, detection.nms_iou_threshold) == (0.001, 0.55)
     assert detection.top_k_per_class == detection.max_detections == 300
+    assert detection.clip_before_nms
     voc = load_config("ssdlite320_voc")
     assert (voc.model.backbone, voc.model.architecture) == ("mobilenet_v3_large", "ssdlite320")
     assert voc.data.photometric and voc.data.zoom_out and voc.eval_metric == "voc"
