@@ -18,7 +18,7 @@ import pytest
 import torch
 from flax import nnx, traverse_util
 
-from ssd_jax import build, default_boxes
+from ssd_jax import build, default_boxes, losses, matching
 from ssd_jax.checkpoint import variables
 from ssd_jax.importers import backbone, detectors
 from ssd_jax.inference import load_detector
@@ -187,3 +187,72 @@ def test_imagenet_mobilenet_v3_large_feeds_the_full_tail_trunk(tmp_path):
         want = want.numpy().transpose(0, 2, 3, 1)
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, atol=1e-9 * np.abs(want).max())
+
+
+def training_batch() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two noise images (uint8 320x320) and their objects (normalized xyxy,
+    labels 1..90), from a fifth to the whole image. No object fits inside its
+    best default boxes (their IoUs would tie and rounding pick the match), and
+    no default box has an IoU within 1e-3 of the 0.5 threshold."""
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (2, 320, 320, 3), dtype=np.uint8)
+    boxes = np.array([[[0.11, 0.12, 0.33, 0.31], [0.3, 0.2, 0.7, 0.6], [0.02, 0.03, 0.97, 0.95]],
+                      [[0.5, 0.5, 0.67, 0.69], [0.05, 0.4, 0.35, 0.9], [0.2, 0.1, 0.9, 0.75]]])  # fmt: skip
+    labels = np.array([[1, 18, 3], [44, 1, 90]])
+    return images, boxes, labels
+
+
+def test_one_training_step_gives_torchvisions_loss_and_gradients(models):
+    """torchvision's training forward (its SSDMatcher, box coder weights (10, 10,
+    5, 5), smooth L1, hard negatives 3:1, both sums over the batch's positives)
+    against our train step's loss, from the same weights and batch, both
+    networks in float64 and BatchNorm on batch statistics. Our loss is computed
+    in float32 by design, so loss and gradients agree to float32 rounding: the
+    loss to 1e-6 of itself; each gradient to 1e-4 of its largest entry, as in
+    tests/test_reference_training.py (the float32 logit gradients, ~1e-7 each,
+    pass BatchNorm backward passes whose batch statistics cancel: the 1x1 map's
+    have two samples; measured 1.5e-5)."""
+    ours, theirs, config = models
+    images, boxes, labels = training_batch()
+
+    theirs64 = copy.deepcopy(theirs).double().train()
+    inputs = [torch.from_numpy(i.transpose(2, 0, 1)).double() / 255 for i in images]
+    targets = [{"boxes": torch.from_numpy(b * 320), "labels": torch.from_numpy(k)}
+               for b, k in zip(boxes, labels, strict=True)]  # fmt: skip
+    parts = theirs64(inputs, targets)
+    loss = parts["bbox_regression"] + parts["classification"]
+    loss.backward()
+    their_grads = {k: p.grad.numpy() for k, p in theirs64.named_parameters()}
+    their_grads |= {k: v for k, v in state_dict(theirs).items() if "running" in k}
+    their_grads, _ = detectors.import_detector("torchvision_ssdlite", their_grads)
+
+    settings = build.step_settings(config)
+    with jax.enable_x64(True):
+        model = SSD("ssdlite320", 90, backbone=ours.backbone, dtype=jnp.float64,
+                    param_dtype=jnp.float64, rngs=nnx.Rngs(0))  # fmt: skip
+        pure = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(ours)))
+        detectors.assign_weights(
+            model, {"/".join(map(str, k)): np.asarray(v, np.float64) for k, v in pure.items()}
+        )
+        model.train()
+
+        def loss_fn(model):
+            loc, conf = model(settings.network_input(jnp.asarray(images)).astype(jnp.float64))
+            target_labels, deltas = matching.match_batch(
+                jnp.asarray(boxes, jnp.float32), jnp.asarray(labels), jnp.ones(labels.shape, bool),
+                jnp.asarray(settings.default_boxes_cxcywh, jnp.float32),
+            )  # fmt: skip
+            return losses.multibox_loss(loc, conf, target_labels, deltas)[0]
+
+        our_loss, grads = nnx.value_and_grad(loss_fn)(model)
+        grads = traverse_util.flatten_dict(nnx.to_pure_dict(grads))
+    np.testing.assert_allclose(float(our_loss), loss.item(), rtol=1e-6)
+    assert len(grads) == len(list(theirs.parameters()))
+    # A shift before a training-mode BatchNorm is removed by it: those biases'
+    # gradients vanish, and both sides hold float64 rounding noise (~1e-15) there.
+    floor = 1e-8 * max(np.abs(their_grads["/".join(map(str, p))]).max() for p in grads)
+    for path, grad in grads.items():
+        want = their_grads["/".join(map(str, path))]
+        np.testing.assert_allclose(np.asarray(grad), want,
+                                   atol=1e-4 * max(np.abs(want).max(), floor),
+                                   err_msg="/".join(map(str, path)))  # fmt: skip
