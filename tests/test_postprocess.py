@@ -153,3 +153,17 @@ def test_outputs_are_float32_for_bfloat16_network_outputs():
     assert got.boxes_xyxy.dtype == got.scores.dtype == jnp.float32
     assert got.classes.dtype == jnp.int32 and got.num_detections.shape == (2,)
     assert float(got.boxes_xyxy.min()) >= 0 and float(got.boxes_xyxy.max()) <= 1
+
+
+@pytest.mark.parametrize(("clip_before_nms", "kept"), [(False, 2), (True, 1)])
+def test_clipping_before_nms_makes_boxes_past_the_border_suppress_each_other(clip_before_nms, kept):
+    """Decoded boxes (-0.6, 0, 0.4, 0.4) and (0, 0, 0.4, 0.4) of one class: IoU
+    0.16 / 0.4 = 0.4 as decoded (both kept at 0.45), 1 once clipped to the image
+    (torchvision: the second is suppressed)."""
+    boxes_cxcywh = jnp.array([[-0.1, 0.2, 1.0, 0.4], [0.2, 0.2, 0.4, 0.4]])
+    loc = jnp.zeros((1, 2, 4))  # zero offsets decode to the default boxes
+    conf = jnp.array([[[0.0, 5.0], [0.0, 4.0]]])
+    found = postprocess.detect(loc, conf, boxes_cxcywh, nms_iou_threshold=0.45,
+                               clip_before_nms=clip_before_nms)  # fmt: skip
+    assert int(found.num_detections[0]) == kept
+    np.testing.assert_allclose(np.asarray(found.boxes_xyxy[0, 0]), [0.0, 0.0, 0.4, 0.4], atol=1e-6)
