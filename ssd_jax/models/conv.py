@@ -1,4 +1,5 @@
-"""A drop-in ``lax.conv_general_dilated`` whose kernel gradient is fast on CPU.
+"""A drop-in ``lax.conv_general_dilated`` whose kernel gradient is fast on CPU,
+and whose depthwise convolutions are fast there too.
 
 XLA's CPU backend computes the kernel gradient of a convolution over a large
 image as one convolution with an image-sized "kernel", which is very slow: for
@@ -8,6 +9,12 @@ stride-1 NHWC convolutions this module computes the kernel gradient on CPU as on
 matrix product per kernel tap (shifted input, flattened, times the flattened
 output gradient), which runs at BLAS speed. The forward pass, the input gradient
 and every other backend (GPU, TPU: ``lax.platform_dependent``) are unchanged.
+
+XLA's CPU backend is slow for depthwise convolutions as well (MobileNet's;
+``feature_group_count`` = channels), forward and backward. On CPU these become a
+sum over the kernel taps of strided input slices times the tap's weights:
+elementwise work that XLA fuses into one loop, and whose gradients are slices,
+pads and reductions.
 """
 
 import functools
@@ -77,6 +84,35 @@ def _conv_stride1_bwd(padding, dilation, residuals, grad):
 _conv_stride1.defvjp(_conv_stride1_fwd, _conv_stride1_bwd)
 
 
+def _depthwise_by_taps(x, kernel, strides, padding):
+    """Depthwise NHWC convolution (kernel (kh, kw, 1, C)) as a sum over taps."""
+    kh, kw = kernel.shape[:2]
+    padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    batch, height, width, channels = padded.shape
+    out_h = (height - kh) // strides[0] + 1
+    out_w = (width - kw) // strides[1] + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            end = (batch, i + (out_h - 1) * strides[0] + 1, j + (out_w - 1) * strides[1] + 1,
+                   channels)  # fmt: skip
+            window = lax.slice(padded, (0, i, j, 0), end, (1, *strides, 1))
+            term = window * kernel[i, j, 0]
+            out = term if out is None else out + term
+    return out
+
+
+def _depthwise(x, kernel, strides, padding):
+    def xla(x, kernel):
+        return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC,
+                                        feature_group_count=x.shape[-1])  # fmt: skip
+
+    def cpu(x, kernel):
+        return _depthwise_by_taps(x, kernel, strides, padding)
+
+    return lax.platform_dependent(x, kernel, cpu=cpu, default=xla)
+
+
 def conv_general_dilated(
     lhs,
     rhs,
@@ -93,19 +129,32 @@ def conv_general_dilated(
 ):
     """``lax.conv_general_dilated``; stride-1, ungrouped NHWC/HWIO convolutions
     with explicit padding and at least ``MIN_TAP_CHANNELS`` input and output
-    channels take the fast-kernel-gradient path."""
+    channels take the fast-kernel-gradient path, undilated depthwise ones (any
+    stride) the sum over taps on CPU."""
     nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
-    simple = (
-        tuple(window_strides) == (1, 1)
-        and (lhs_dilation is None or tuple(lhs_dilation) == (1, 1))
-        and feature_group_count == 1
+    plain = (
+        (lhs_dilation is None or tuple(lhs_dilation) == (1, 1))
         and batch_group_count == 1
         and precision is None
         and preferred_element_type is None
         and out_sharding is None
         and not isinstance(padding, str)
-        and min(lhs.shape[-1], rhs.shape[-1]) >= MIN_TAP_CHANNELS
         and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
+    )
+    depthwise = (
+        plain
+        and feature_group_count == lhs.shape[-1] == rhs.shape[-1] > 1
+        and rhs.shape[2] == 1
+        and (rhs_dilation is None or tuple(rhs_dilation) == (1, 1))
+    )
+    if depthwise:
+        padding = tuple((int(low), int(high)) for low, high in padding)
+        return _depthwise(lhs, rhs, tuple(int(s) for s in window_strides), padding)
+    simple = (
+        plain
+        and tuple(window_strides) == (1, 1)
+        and feature_group_count == 1
+        and min(lhs.shape[-1], rhs.shape[-1]) >= MIN_TAP_CHANNELS
     )
     if simple:
         padding = tuple((int(low), int(high)) for low, high in padding)

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ssd_jax.models.conv import conv_general_dilated
+
 
 @dataclasses.dataclass(frozen=True)
 class Bottleneck:
@@ -94,7 +96,8 @@ class ConvBN(nnx.Module):
             in_features, out_features, (kernel, kernel), strides=stride,
             padding=((pad, pad), (pad, pad)), feature_group_count=groups, use_bias=False,
             kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
-            dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+            conv_general_dilated=conv_general_dilated, dtype=dtype, param_dtype=param_dtype,
+            rngs=rngs,
         )  # fmt: skip
         self.bn = nnx.BatchNorm(out_features, momentum=momentum, epsilon=1e-3, dtype=dtype,
                                 param_dtype=param_dtype, rngs=rngs)  # fmt: skip
@@ -220,7 +223,8 @@ class PredictionBlock(nnx.Module):
         kwargs = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.depthwise = ConvBN(in_features, in_features, 3, groups=in_features,
                                 activation="relu6", **kwargs)  # fmt: skip
-        self.pointwise = nnx.Conv(in_features, out_features, (1, 1), **kwargs)
+        self.pointwise = nnx.Conv(in_features, out_features, (1, 1),
+                                  conv_general_dilated=conv_general_dilated, **kwargs)  # fmt: skip
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.pointwise(self.depthwise(x))
