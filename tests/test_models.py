@@ -231,3 +231,35 @@ def test_fast_kernel_gradient_conv_equals_lax(kernel, padding, dilation, stride)
         x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
     )
     assert all(g.dtype == jnp.bfloat16 for g in grads)
+
+
+@pytest.mark.parametrize(("kernel", "stride"), [(3, 1), (3, 2), (5, 1), (5, 2)])
+def test_depthwise_convolutions_by_taps_equal_xlas(kernel, stride):
+    """MobileNet's depthwise convolutions take the sum over taps on CPU: value and
+    both gradients equal lax's grouped convolution (float32 sums of at most 25
+    products in another order), at odd sizes and both strides."""
+    from jax import lax
+
+    from ssd_jax.models.conv import conv_general_dilated
+
+    rng = np.random.default_rng(kernel + 10 * stride)
+    x = jnp.asarray(rng.normal(size=(2, 23, 21, 24)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, 1, 24)), jnp.float32)
+    pad = (kernel - 1) // 2
+    args = ((stride, stride), ((pad, pad), (pad, pad)))
+    kwargs = {"dimension_numbers": ("NHWC", "HWIO", "NHWC"), "feature_group_count": 24}
+
+    def loss(conv):
+        return lambda x, w: jnp.sum(jnp.sin(conv(x, w, *args, **kwargs)))
+
+    jaxpr = str(jax.make_jaxpr(loss(conv_general_dilated))(x, w))
+    assert "platform_index" in jaxpr or "platform_dependent" in jaxpr  # the CPU path exists
+    ours = jax.value_and_grad(loss(conv_general_dilated), (0, 1))(x, w)
+    theirs = jax.value_and_grad(loss(lax.conv_general_dilated), (0, 1))(x, w)
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-5)
+    for a, b in zip(ours[1], theirs[1], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.abs(b).max()))
+    grads = jax.grad(loss(conv_general_dilated), (0, 1))(
+        x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    )
+    assert all(g.dtype == jnp.bfloat16 for g in grads)
