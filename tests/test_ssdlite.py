@@ -52,6 +52,17 @@ def state_dict(model: torch.nn.Module) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in model.state_dict().items() if "num_batches" not in k}
 
 
+def in_float64(model: SSD) -> SSD:
+    """A float64 copy of our SSDlite (call under ``jax.enable_x64``)."""
+    copy64 = SSD("ssdlite320", model.num_classes, backbone=model.backbone, dtype=jnp.float64,
+                 param_dtype=jnp.float64, rngs=nnx.Rngs(0))  # fmt: skip
+    pure = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model)))
+    detectors.assign_weights(
+        copy64, {"/".join(map(str, k)): np.asarray(v, np.float64) for k, v in pure.items()}
+    )
+    return copy64
+
+
 @pytest.fixture(scope="module")
 def models():
     """torchvision's COCO SSDlite (91 logits, reduced tail as for its release)
@@ -78,12 +89,7 @@ def test_the_network_gives_torchvisions_raw_outputs(models):
     ours, theirs, _ = models
     images = np.random.default_rng(0).normal(size=(2, 320, 320, 3))
     with jax.enable_x64(True):
-        ours64 = SSD("ssdlite320", 90, backbone=ours.backbone, dtype=jnp.float64,
-                     param_dtype=jnp.float64, rngs=nnx.Rngs(0))  # fmt: skip
-        pure = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(ours)))
-        detectors.assign_weights(
-            ours64, {"/".join(map(str, k)): np.asarray(v, np.float64) for k, v in pure.items()}
-        )
+        ours64 = in_float64(ours)
         ours64.eval()
         loc, conf = ours64(jnp.asarray(images))  # float32 outputs of a float64 network
         loc, conf = np.asarray(loc), np.asarray(conf)
@@ -228,12 +234,7 @@ def test_one_training_step_gives_torchvisions_loss_and_gradients(models):
 
     settings = build.step_settings(config)
     with jax.enable_x64(True):
-        model = SSD("ssdlite320", 90, backbone=ours.backbone, dtype=jnp.float64,
-                    param_dtype=jnp.float64, rngs=nnx.Rngs(0))  # fmt: skip
-        pure = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(ours)))
-        detectors.assign_weights(
-            model, {"/".join(map(str, k)): np.asarray(v, np.float64) for k, v in pure.items()}
-        )
+        model = in_float64(ours)
         model.train()
 
         def loss_fn(model):

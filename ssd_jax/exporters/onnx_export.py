@@ -33,6 +33,7 @@ from ssd_jax import postprocess, steps
 from ssd_jax.box_coding import decode
 from ssd_jax.errors import UserError
 from ssd_jax.inference import Detector
+from ssd_jax.models import conv
 
 OUTPUT_NAMES = ("boxes_xyxy", "scores", "classes", "valid", "num_detections")
 
@@ -92,7 +93,8 @@ def _to_onnx(fn, specs, name: str):
     jax2onnx, _ = require_onnx()
     from jax.extend.core import jaxpr_as_fun
 
-    closed = jax.make_jaxpr(fn)(*specs)
+    with conv.lax_convolutions():  # ONNX has no per-platform choice
+        closed = jax.make_jaxpr(fn)(*specs)
     return jax2onnx.to_onnx(jaxpr_as_fun(closed), list(specs), model_name=name)
 
 

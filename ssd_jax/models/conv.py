@@ -17,6 +17,7 @@ elementwise work that XLA fuses into one loop, and whose gradients are slices,
 pads and reductions.
 """
 
+import contextlib
 import functools
 
 import jax
@@ -102,6 +103,24 @@ def _depthwise_by_taps(x, kernel, strides, padding):
     return out
 
 
+# Whether depthwise convolutions may take the CPU path (a ``platform_dependent``
+# choice, which exporters to formats without it turn off: see lax_convolutions).
+_taps = {"on": True}
+
+
+@contextlib.contextmanager
+def lax_convolutions():
+    """Within it, depthwise convolutions are traced as ``lax``'s grouped
+    convolution only (no ``platform_dependent``): for exports to formats that
+    cannot express a per-platform choice, such as ONNX."""
+    before = _taps["on"]
+    _taps["on"] = False
+    try:
+        yield
+    finally:
+        _taps["on"] = before
+
+
 def _depthwise(x, kernel, strides, padding):
     def xla(x, kernel):
         return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC,
@@ -147,7 +166,7 @@ def conv_general_dilated(
         and rhs.shape[2] == 1
         and (rhs_dilation is None or tuple(rhs_dilation) == (1, 1))
     )
-    if depthwise:
+    if depthwise and _taps["on"]:
         padding = tuple((int(low), int(high)) for low, high in padding)
         return _depthwise(lhs, rhs, tuple(int(s) for s in window_strides), padding)
     simple = (
