@@ -304,8 +304,16 @@ def test_coco_crowd_subset_and_bad_boxes(tmp_path):
     np.testing.assert_array_equal(example["is_crowd"], [False, True])
     assert example["image_id"] == 7
     assert source.skipped == {"object of unlisted category": 1, "zero-area box": 1}
-    with pytest.raises(ValueError, match="has no categories \\['cat'\\]"):
+    with pytest.raises(DataError, match="has no categories \\['cat'\\]"):
         CocoSource(str(tmp_path / "a.json"), str(tmp_path / "img"), class_names=["cat"])
+    # torchvision's layout: label k is category id k, unused ids are placeholders
+    layout = ["person", "unused_2", "unused_3", "dog"]  # but id 3 is the file's "car"
+    with pytest.raises(DataError, match="has no categories \\['unused_3'\\]"):
+        CocoSource(str(tmp_path / "a.json"), str(tmp_path / "img"), class_names=layout)
+    layout = ["person", "unused_2", "dog"]
+    source = CocoSource(str(tmp_path / "a.json"), str(tmp_path / "img"), class_names=layout)
+    assert source.category_ids == (1, 2, 18)
+    np.testing.assert_array_equal(source[0]["labels"], [3, 1])
 
 
 def test_coco_malformed_json_names_the_file(tmp_path):

@@ -27,3 +27,8 @@ COCO_CATEGORY_IDS = (
     54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80,
     81, 82, 84, 85, 86, 87, 88, 89, 90,
 )  # fmt: skip
+
+# The name of a label slot that is no class: torchvision's COCO detectors keep a
+# logit for each of the 11 category ids COCO leaves unused (unused_12, ...); the
+# COCO source maps ``unused_<id>`` to category id <id>, which has no ground truth.
+UNUSED_PREFIX = "unused_"

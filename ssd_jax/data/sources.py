@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ssd_jax.data.classes import COCO_CATEGORY_IDS, COCO_CLASSES, VOC_CLASSES
+from ssd_jax.data.classes import COCO_CATEGORY_IDS, COCO_CLASSES, UNUSED_PREFIX, VOC_CLASSES
 from ssd_jax.data.example import (
     DataError,
     SkipCounter,
@@ -190,10 +190,17 @@ class CocoSource(_AnnotatedImages):
         id_of_name = {c["name"]: c["id"] for c in categories}
         if class_names is None:
             class_names = [c["name"] for c in categories]
+        # torchvision's COCO detectors keep a label slot for each category id COCO
+        # leaves unused; their importer names it unused_<id>: no ground truth
+        unused = {name: int(name.removeprefix(UNUSED_PREFIX)) for name in class_names
+                  if name.startswith(UNUSED_PREFIX) and name.removeprefix(UNUSED_PREFIX).isdigit()
+                  and int(name.removeprefix(UNUSED_PREFIX)) not in coco.cats}  # fmt: skip
+        id_of_name |= unused
         unknown = [name for name in class_names if name not in id_of_name]
         if unknown:
-            raise ValueError(
-                f"{annotation_file} has no categories {unknown}; it has {sorted(id_of_name)}"
+            raise DataError(
+                f"{annotation_file} has no categories {unknown[:5]}"
+                f"{' ...' if len(unknown) > 5 else ''}; it has {sorted(id_of_name)[:10]} ..."
             )
         self.class_names = tuple(class_names)
         _label_lookup(self.class_names)

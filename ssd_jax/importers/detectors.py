@@ -11,7 +11,7 @@ from flax import nnx, traverse_util
 
 from ssd_jax import build, checkpoint, steps
 from ssd_jax.config_schema import base_config
-from ssd_jax.data.classes import COCO_CATEGORY_IDS, COCO_CLASSES, VOC_CLASSES
+from ssd_jax.data.classes import COCO_CATEGORY_IDS, COCO_CLASSES, UNUSED_PREFIX, VOC_CLASSES
 from ssd_jax.data.imagenet import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from ssd_jax.importers import mobilenet
 from ssd_jax.importers.backbone import (
@@ -162,7 +162,7 @@ def _torchvision_coco_names(num_classes: int) -> tuple[str, ...]:
     """torchvision's COCO labels: label k is COCO category id k; the ids COCO
     leaves unused get placeholder names."""
     name_of = dict(zip(COCO_CATEGORY_IDS, COCO_CLASSES, strict=True))
-    return tuple(name_of.get(k, f"unused_{k}") for k in range(1, num_classes + 1))
+    return tuple(name_of.get(k, f"{UNUSED_PREFIX}{k}") for k in range(1, num_classes + 1))
 
 
 def from_torchvision_ssdlite(weights: Weights) -> tuple[Weights, dict]:
