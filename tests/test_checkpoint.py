@@ -306,3 +306,18 @@ def test_checkpoints_cross_interpreters_and_jax_versions_both_ways(tmp_path):
         np.testing.assert_array_equal(here["variables"], other[f"{k}/variables"])
         for name in ("loc", "conf"):
             np.testing.assert_allclose(here[name], other[f"{k}/{name}"], rtol=1e-4, atol=1e-5)
+
+
+def test_a_backbones_normalization_reads_back_as_the_configuration_states_it(tmp_path):
+    """Stored as float32 in the .npz, read back as the decimals a configuration
+    holds: a resume that leaves init.backbone off compares equal."""
+    from ssd_jax.checkpoint import variables
+    from ssd_jax.data.imagenet import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+    from ssd_jax.importers.backbone import normalization_arrays
+
+    path = tmp_path / "trunk.npz"
+    np.savez(path, **normalization_arrays({"mean": IMAGENET_MEAN_RGB, "std": IMAGENET_STD_RGB}))
+    assert variables.backbone_normalization(str(path)) == (
+        tuple(IMAGENET_MEAN_RGB),
+        tuple(IMAGENET_STD_RGB),
+    )

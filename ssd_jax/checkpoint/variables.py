@@ -114,7 +114,12 @@ def backbone_normalization(path: str) -> tuple[tuple, tuple] | None:
     weights = _backbone_file(path)
     if NORMALIZATION_KEYS[0] not in weights:
         return None
-    mean, std = (tuple(map(float, weights[key])) for key in NORMALIZATION_KEYS)
+    # stored as float32: read back as the shortest decimal that float32 holds
+    # (123.675, not 123.67500305), as a configuration states it
+    mean, std = (
+        tuple(float(np.format_float_positional(np.float32(v), unique=True)) for v in weights[key])
+        for key in NORMALIZATION_KEYS
+    )
     return mean, std
 
 
