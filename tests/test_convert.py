@@ -203,7 +203,9 @@ def test_unknown_files_and_missing_keys_fail_clearly(tmp_path):
             f"vgg.{k}.{p}": np.zeros((1, 1, 3, 3) if p == "weight" else (1,))
             for k in backbone.SSD_PYTORCH_VGG_CONVS for p in ("weight", "bias")
         })  # fmt: skip
-    with pytest.raises(common.ConversionError, match="not a VGG16 state dict"):
+    with pytest.raises(
+        common.ConversionError, match="not an ImageNet VGG16 or MobileNetV3-Large state dict"
+    ):
         backbone.vgg16_backbone({"foo.weight": np.zeros(3)})
     with pytest.raises(ValueError, match="unknown source"):
         detectors.import_detector("caffe", {})

@@ -21,6 +21,7 @@ from flax import nnx, traverse_util
 from ssd_jax import build, default_boxes, losses, matching
 from ssd_jax.checkpoint import variables
 from ssd_jax.importers import backbone, detectors
+from ssd_jax.importers.common import ConversionError
 from ssd_jax.inference import load_detector
 from ssd_jax.models import SSD
 from ssd_jax.models.mobilenet_v3 import MobileNetV3Large
@@ -257,3 +258,12 @@ def test_one_training_step_gives_torchvisions_loss_and_gradients(models):
         np.testing.assert_allclose(np.asarray(grad), want,
                                    atol=1e-4 * max(np.abs(want).max(), floor),
                                    err_msg="/".join(map(str, path)))  # fmt: skip
+
+
+def test_a_file_given_to_the_wrong_importer_names_the_right_one(models):
+    _, theirs, _ = models
+    with pytest.raises(ConversionError, match="use --from torchvision_ssdlite"):
+        detectors.import_detector("torchvision", state_dict(theirs))
+    classifier = state_dict(torchvision.models.mobilenet_v3_large(weights=None))
+    with pytest.raises(ConversionError, match="convert it with convert_torch_backbone.py"):
+        detectors.import_detector("torchvision_ssdlite", classifier)

@@ -83,8 +83,9 @@ def vgg16_backbone(weights: Weights) -> tuple[Weights, dict]:
         return out, {"source": "vgg16_reducedfc (caffe)", "backbone": "vgg16",
                      "batch_norm": False, "mean": CAFFE_MEAN_RGB, "std": CAFFE_STD_RGB}  # fmt: skip
     raise ConversionError(
-        "not a VGG16 state dict: expected torchvision keys (features.N, classifier.N) or "
-        f"vgg16_reducedfc keys (0.weight ... 33.weight); got e.g. {sorted(weights)[:5]}"
+        "not an ImageNet VGG16 or MobileNetV3-Large state dict: expected torchvision keys "
+        "(features.N..., classifier.N...) or vgg16_reducedfc keys (0.weight ... 33.weight); got "
+        f"e.g. {sorted(weights)[:5]} (a trained detector imports with python -m ssd_jax.convert)"
     )
 
 

@@ -134,6 +134,11 @@ def from_torchvision(weights: Weights) -> tuple[Weights, dict]:
     8 ... 300), its 91-logit COCO layout (label k = COCO category id k; unused ids
     get placeholder names), input normalization (RGB minus (123, 117, 104)) and
     post-processing (400 candidates per class)."""
+    if "backbone.extra.0.0.0.weight" in weights:  # SSDlite's extra blocks
+        raise ConversionError(
+            "this is torchvision's SSDlite (ssdlite320_mobilenet_v3_large): use --from "
+            "torchvision_ssdlite"
+        )
     out: Weights = {}
     for name, k in zip(VGG_CONVS[:10], TORCHVISION_VGG16_CONVS[:10], strict=True):
         out |= conv(weights, f"backbone.features.{k}", f"vgg/{name}/conv")
@@ -172,6 +177,12 @@ def from_torchvision_ssdlite(weights: Weights) -> tuple[Weights, dict]:
     default boxes, its 91-logit COCO layout, input normalization ((x / 255 - 0.5)
     / 0.5) and post-processing (score > 0.001, NMS at 0.55 on boxes clipped to
     the image, 300 candidates per class, 300 detections)."""
+    if not any(key.startswith("backbone.features.0.") for key in weights):
+        raise ConversionError(
+            "not a torchvision ssdlite320_mobilenet_v3_large state dict (no "
+            f"backbone.features.0.*; the file has e.g. {sorted(weights)[:3]}); torchvision's "
+            "ImageNet mobilenet_v3_large is a backbone: convert it with convert_torch_backbone.py"
+        )
     trunk_weights = mobilenet.ssdlite_trunk_names(weights)
     out = mobilenet.trunk(trunk_weights)
     for k in range(4):
