@@ -41,9 +41,20 @@ def prepare_output_file(path: str) -> None:
         raise UserError(f"cannot write to the folder of --output {path}")
 
 
-def _check_config_files() -> None:
+def _check_config_files(argv: list[str] | None = None) -> None:
     """A ``--config`` file that does not load is one line (ml_collections would
-    raise only when the configuration is first used, deep in a command)."""
+    raise only when the configuration is first used, deep in a command, or, with
+    overrides, while parsing: then the paths are read from ``argv``)."""
+    if argv is not None:
+        for k, arg in enumerate(argv):
+            name, _, path = arg.lstrip("-").partition("=")
+            if arg.startswith("--") and "." not in name and k + 1 < len(argv) and not path:
+                path = argv[k + 1]
+            is_config = name in flags.FLAGS and hasattr(type(flags.FLAGS[name]), "config_filename")
+            if is_config and path and not os.path.isfile(path.split(":")[0]):
+                sys.exit(f"error: --{name} {path}: no such file (give a configuration "
+                         "file, e.g. configs/ssd300_voc.py)")  # fmt: skip
+        return
     for name in flags.FLAGS:
         flag = flags.FLAGS[name]
         if not flag.present or not hasattr(type(flag), "config_filename"):
@@ -122,6 +133,11 @@ def quiet_flags_parser(argv: list[str]) -> list[str]:
         hint = re.search(r'Did you mean \\?"([^"\\]+)', str(error))
         sys.exit(f"error: a --config.* override names a key the configuration does not have: "
                  f"{name!r}" + (f" (did you mean {hint.group(1)!r}?)" if hint else ""))  # fmt: skip
+    except OSError:  # ml_collections: overrides of a configuration file that did not load
+        if verbose:
+            raise
+        _check_config_files(argv)
+        raise
     _check_config_files()
     print_library_logs()
     return parsed

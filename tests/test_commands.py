@@ -102,6 +102,8 @@ def test_a_wrong_checkpoint_path_is_one_line_and_creates_nothing(tmp_path, comma
         ("evaluate", ["--output", "{tmp}/file/eval.json"],
          "cannot create the folder of --output {tmp}/file/eval.json"),
         ("evaluate", ["--config", "configs/nope.py"], "--config configs/nope.py: no such file"),
+        ("evaluate", ["--config=configs/nope.py", "--config.eval_batches=1"],
+         "--config configs/nope.py: no such file"),
         ("evaluate", ["--config", "configs/tiny.py", "--config.detection.score_treshold=0.3"],
          "a --config.* override names a key the configuration does not have: 'score_treshold' "
          "(did you mean 'score_threshold'?)"),
