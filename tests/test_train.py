@@ -168,6 +168,9 @@ def test_resumed_run_reaches_the_same_parameters_and_writes_outputs(tmp_path, ca
     fine_tune.init.checkpoint = workdir  # a run directory, as --checkpoint takes it
     run = train.setup(fine_tune, str(tmp_path / "fine_tune"))  # the state before step 1
     run.close()
+    said = capsys.readouterr().out  # which variables stay fresh, in one line
+    assert "variables are missing or have another shape there and keep their initial" in said
+    assert "params/conf_heads/0/kernel" in said
     state = run.state
     trained = train.train_and_evaluate(config, workdir)  # already done: returns the restored state
     assert "is at step 6 of 6: nothing to train" in capsys.readouterr().out

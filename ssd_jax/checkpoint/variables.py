@@ -2,6 +2,7 @@
 inference or fine-tuning (no optimizer template, no Grain), writing an imported
 detector, and converted VGG16 backbones."""
 
+import logging
 import os
 
 import jax
@@ -20,6 +21,8 @@ from ssd_jax.checkpoint.layout import (
     damaged,
 )
 from ssd_jax.steps import Variables
+
+logger = logging.getLogger(__name__)
 
 
 def _read_variables(location: Location) -> dict:
@@ -70,13 +73,17 @@ def restore_variables(location: Location, variables: Variables, strict: bool = T
     the confidence heads of a model for another class count, keep their values.
     """
     saved = _read_variables(location)
+    kept, total = [], 0
     for part in VARIABLE_PARTS:
         ours = traverse_util.flatten_dict(nnx.to_pure_dict(variables[part]))
+        total += len(ours)
         for key, value in ours.items():
             found = saved[part].get(_variable_path(key))
             if found is not None and found.shape == value.shape:
                 ours[key] = found
-            elif strict:
+                continue
+            kept.append(f"{part}/{'/'.join(map(str, key))}")
+            if strict:
                 name = f"{part}/{'/'.join(map(str, key))}"
                 there = "is not in it" if found is None else f"has shape {found.shape} there"
                 raise CheckpointError(
@@ -84,6 +91,12 @@ def restore_variables(location: Location, variables: Variables, strict: bool = T
                     f"{name} {there}, the model's has shape {value.shape}"
                 )
         nnx.replace_by_pure_dict(variables[part], traverse_util.unflatten_dict(ours))
+    if kept:  # e.g. the confidence heads of another class count: say which
+        logger.info(
+            f"{location.directory} step {location.step}: {len(kept)} of {total} variables are "
+            f"missing or have another shape there and keep their initial values: "
+            f"{', '.join(kept[:4])}{' ...' if len(kept) > 4 else ''}"
+        )
     return variables
 
 
