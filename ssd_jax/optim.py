@@ -87,19 +87,6 @@ def make_schedule(
 NORMALIZATION_MODULES = ("bn", "conv4_3_norm")
 
 
-def _path_names(path) -> tuple[str, ...]:
-    """The names along a pytree key path (dict keys, attributes, indices)."""
-    names = []
-    for key in path:
-        for attribute in ("key", "name", "idx"):
-            if hasattr(key, attribute):
-                names.append(str(getattr(key, attribute)))
-                break
-        else:
-            names.append(str(key))
-    return tuple(names)
-
-
 def is_normalization(names: Sequence[str]) -> bool:
     """Whether the parameter at path ``names`` belongs to a normalization module."""
     return any(name in NORMALIZATION_MODULES for name in names)
@@ -125,6 +112,11 @@ WEIGHT_DECAY_ON: dict[str, tuple[str, Callable[[tuple[str, ...], jax.Array], boo
 }
 
 
+def _names(path) -> tuple[str, ...]:
+    """The names along a pytree key path (dict keys, attributes, indices)."""
+    return tuple(jax.tree_util.keystr(path, simple=True, separator="/").split("/"))
+
+
 def decay_mask(weight_decay_on: str) -> Callable:
     """``mask(params)``: a tree of bools, True where weight decay applies, as
     :data:`WEIGHT_DECAY_ON` ``[weight_decay_on]`` says."""
@@ -136,9 +128,7 @@ def decay_mask(weight_decay_on: str) -> Callable:
     decays = WEIGHT_DECAY_ON[weight_decay_on][1]
 
     def mask(params):
-        return jax.tree_util.tree_map_with_path(
-            lambda path, p: decays(_path_names(path), p), params
-        )
+        return jax.tree_util.tree_map_with_path(lambda path, p: decays(_names(path), p), params)
 
     return mask
 
