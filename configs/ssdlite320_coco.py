@@ -12,6 +12,7 @@ weights, hence with MobileNetV3's halved tail (``reduce_tail`` when no backbone
 weights are given), and trains from scratch.
 """
 
+from configs.ssd300_coco import get_config as ssd300_coco_config
 from ssd_jax.config_schema import base_config
 
 # torchvision's train2017 drops images without usable annotations: 117,266 images.
@@ -25,13 +26,9 @@ def get_config():
     config = base_config()
     config.model.backbone = "mobilenet_v3_large_reduced_tail"
     config.model.architecture = "ssdlite320"
-    config.data.train.kind = "coco"
-    config.data.train.annotation_file = "coco/annotations/instances_train2017.json"
-    config.data.train.image_dir = "coco/train2017"
-    config.data.eval.kind = "coco"
-    config.data.eval.annotation_file = "coco/annotations/instances_val2017.json"
-    config.data.eval.image_dir = "coco/val2017"
-    config.eval_metric = "coco"
+    coco = ssd300_coco_config()  # the same COCO 2017 folders and metric
+    config.data.train, config.data.eval = coco.data.train, coco.data.eval
+    config.eval_metric = coco.eval_metric
     # torchvision's 0.5 / 0.5 normalization of [0, 1] images, in 0-255 RGB
     config.data.mean = config.data.std = (127.5, 127.5, 127.5)
     # --data-augmentation ssdlite: RandomIoUCrop and a horizontal flip only
