@@ -7,8 +7,10 @@
 Accepts torchvision ``vgg16`` (fc6/fc7 subsampled to the paper's conv6/conv7),
 ``vgg16_bn`` (for ``--config.model.batch_norm=True``), ssd.pytorch's
 ``vgg16_reducedfc.pth`` (Caffe-style: BGR minus (104, 117, 123), converted to
-RGB) and torchvision ``mobilenet_v3_large`` (for ``--config.model.backbone=
-mobilenet_v3_large``, e.g. ``configs/ssdlite320_voc.py``), as ``.pth`` (needs
+RGB), torchvision ``mobilenet_v3_large`` (for ``--config.model.backbone=
+mobilenet_v3_large``, e.g. ``configs/ssdlite320_voc.py``) and torchvision
+``resnet18`` ... ``resnet152`` (stem and stages 1-3, for ``--config.model.backbone=
+resnet50`` etc., e.g. ``configs/ssd300_resnet50_coco.py``), as ``.pth`` (needs
 torch), ``.safetensors`` or ``.npz``. The input
 normalization the weights expect is stored with them (``normalization/mean``,
 ``normalization/std``, 0-255 RGB) and training and inference use it.
@@ -40,7 +42,7 @@ if __name__ == "__main__":
     from ssd_jax import cli
 
     flags.DEFINE_string(
-        "input", None, "ImageNet VGG16 or MobileNetV3-Large weights (.pth/.safetensors/.npz)."
+        "input", None, "ImageNet VGG16, MobileNetV3-Large or ResNet weights (.pth/.safetensors/.npz)."
     )
     flags.DEFINE_string("output", None, "Output path (.npz is added).")
     flags.mark_flags_as_required(["input", "output"])

@@ -136,6 +136,7 @@ def step_settings(config: ml_collections.ConfigDict) -> StepSettings:
         match_iou_threshold=config.loss.match_iou_threshold,
         neg_pos_ratio=config.loss.neg_pos_ratio,
         alpha=config.loss.alpha,
+        loss_normalization=config.loss.normalization,
         score_threshold=detection.score_threshold,
         nms_iou_threshold=detection.nms_iou_threshold,
         top_k_per_class=detection.top_k_per_class,

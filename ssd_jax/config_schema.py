@@ -18,6 +18,7 @@ from ssd_jax.data.imagenet import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from ssd_jax.default_boxes import PRESETS
 from ssd_jax.errors import UserError
 from ssd_jax.evaluation.scoring import METRICS
+from ssd_jax.losses import NORMALIZATIONS
 from ssd_jax.models.backbones import BACKBONES
 from ssd_jax.optim import SCHEDULES, WEIGHT_DECAY_ON
 
@@ -103,6 +104,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.loss.alpha = 1.0
     config.loss.neg_pos_ratio = 3.0
     config.loss.match_iou_threshold = 0.5  # a default box is positive from this IoU
+    # divide by the positives of the "batch" (the paper) or of each "image", then
+    # average over the images (NVIDIA's SSD300 v1.1): ssd_jax.losses.NORMALIZATIONS
+    config.loss.normalization = "batch"
 
     config.detection = ml_collections.ConfigDict()  # inference post-processing (the paper's)
     config.detection.score_threshold = 0.01
@@ -188,6 +192,7 @@ def _rules(config: ml_collections.ConfigDict) -> list[tuple[str, bool, str]]:
         ("loss.match_iou_threshold", 0 < loss.match_iou_threshold <= 1, "in (0, 1]"),
         ("loss.neg_pos_ratio", loss.neg_pos_ratio > 0, "positive"),
         ("loss.alpha", loss.alpha >= 0, "0 or more"),
+        ("loss.normalization", loss.normalization in NORMALIZATIONS, str(NORMALIZATIONS)),
         ("detection.score_threshold", 0 <= detection.score_threshold < 1, "in [0, 1)"),
         ("detection.nms_iou_threshold", 0 < detection.nms_iou_threshold <= 1, "in (0, 1]"),
         ("detection.top_k_per_class", detection.top_k_per_class >= 1, "at least 1"),

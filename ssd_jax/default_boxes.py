@@ -20,6 +20,8 @@ Presets (:func:`preset`):
 * ``ssd300_ssd_pytorch``: the paper's SSD300 boxes clipped in cxcywh, as
   amdegroot/ssd.pytorch builds them (``ssd300_ssd_pytorch_coco``: its COCO sizes).
 * ``ssd300_torchvision``: torchvision's ``ssd300_vgg16`` boxes.
+* ``ssd300_nvidia``: NVIDIA's SSD300 v1.1 boxes (equal to ``ssd300_ssd_pytorch_coco``).
+* ``ssdlite320``: torchvision's ``ssdlite320_mobilenet_v3_large`` boxes.
 
 :data:`PRESETS` holds them all; ``model.default_boxes`` names one ('': the
 architecture's own).
@@ -213,6 +215,11 @@ PRESETS["ssd300_torchvision"] = dataclasses.replace(
 PRESETS["ssd300_ssd_pytorch_coco"] = dataclasses.replace(
     PRESETS["ssd300_torchvision"], clip="cxcywh"
 )
+
+
+# NVIDIA's SSD300 v1.1 (DeepLearningExamples): the same boxes as ssd.pytorch's
+# COCO layout (scales 21 ... 315 pixels, steps 8 ... 300, cxcywh clamped to [0, 1]).
+PRESETS["ssd300_nvidia"] = PRESETS["ssd300_ssd_pytorch_coco"]
 
 
 # torchvision ssdlite320_mobilenet_v3_large: DefaultBoxGenerator([[2, 3]] * 6,

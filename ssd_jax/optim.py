@@ -80,7 +80,7 @@ def make_schedule(
 
 
 # Attribute names of the normalization modules in ssd_jax.models: BatchNorm
-# (``bn`` of mobilenet_v3.ConvBN and vgg.ConvBlock) and VGG's L2Norm of conv4_3,
+# (``bn`` of layers.ConvBN and vgg.ConvBlock) and VGG's L2Norm of conv4_3,
 # whose per-channel ``scale`` is a normalization parameter too (torchvision's
 # split_normalization_params, which finds norm layers by class, would decay its
 # SSD300's conv4_3 scale, a plain nn.Parameter, under --norm-weight-decay 0).

@@ -69,6 +69,7 @@ class StepSettings(NamedTuple):
     match_iou_threshold: float = 0.5
     neg_pos_ratio: float = 3.0
     alpha: float = 1.0
+    loss_normalization: str = "batch"
     score_threshold: float = 0.01
     nms_iou_threshold: float = 0.45
     top_k_per_class: int = 200
@@ -88,7 +89,10 @@ def _loss(
     labels, deltas = match_batch(
         batch["boxes"], batch["labels"], batch["mask"], default_boxes, settings.match_iou_threshold
     )
-    return multibox_loss(loc, conf, labels, deltas, settings.neg_pos_ratio, settings.alpha)
+    return multibox_loss(
+        loc, conf, labels, deltas, settings.neg_pos_ratio, settings.alpha,
+        settings.loss_normalization,
+    )  # fmt: skip
 
 
 def _detect(loc: jax.Array, conf: jax.Array, settings: StepSettings) -> Detections:

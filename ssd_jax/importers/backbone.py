@@ -1,8 +1,9 @@
 """ImageNet weights as the SSD trunk: torchvision ``vgg16`` / ``vgg16_bn``
 (``vgg/...`` variables; fc6/fc7 reduced to the paper's conv6/conv7),
 ssd.pytorch's Caffe-style ``vgg16_reducedfc`` and torchvision
-``mobilenet_v3_large`` (``mobilenet/...``; :mod:`ssd_jax.importers.mobilenet`),
-told apart by their names (:func:`trunk_weights`).
+``mobilenet_v3_large`` (``mobilenet/...``; :mod:`ssd_jax.importers.mobilenet`)
+and torchvision ``resnet18`` ... ``resnet152`` (``resnet/...``;
+:mod:`ssd_jax.importers.resnet`), told apart by their names (:func:`trunk_weights`).
 
 Caffe-style weights read BGR images minus (104, 117, 123): their first kernel's
 input channels are reversed so that they read RGB, and the normalization becomes
@@ -12,7 +13,7 @@ mean (123, 117, 104), std 1, recorded with the weights.
 import numpy as np
 
 from ssd_jax.data.imagenet import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
-from ssd_jax.importers import mobilenet
+from ssd_jax.importers import mobilenet, resnet
 from ssd_jax.importers.common import ConversionError, Weights, batch_norm, conv, take
 
 VGG_CONVS = (
@@ -83,7 +84,7 @@ def vgg16_backbone(weights: Weights) -> tuple[Weights, dict]:
         return out, {"source": "vgg16_reducedfc (caffe)", "backbone": "vgg16",
                      "batch_norm": False, "mean": CAFFE_MEAN_RGB, "std": CAFFE_STD_RGB}  # fmt: skip
     raise ConversionError(
-        "not an ImageNet VGG16 or MobileNetV3-Large state dict: expected torchvision keys "
+        "not an ImageNet VGG16, MobileNetV3-Large or ResNet state dict: expected torchvision keys "
         "(features.N..., classifier.N...) or vgg16_reducedfc keys (0.weight ... 33.weight); got "
         f"e.g. {sorted(weights)[:5]} (a trained detector imports with python -m ssd_jax.convert)"
     )
@@ -102,11 +103,24 @@ def mobilenet_v3_large_backbone(weights: Weights) -> tuple[Weights, dict]:
     }  # fmt: skip
 
 
+def resnet_backbone(weights: Weights) -> tuple[Weights, dict]:
+    """Trunk weights (``resnet/...``: stem and stages 1-3) of torchvision's
+    ImageNet ``resnet18`` ... ``resnet152`` and the ImageNet normalization; the
+    backbone is ``resnet<depth>``."""
+    depth = resnet.depth(weights)
+    return resnet.trunk(weights), {
+        "source": f"torchvision resnet{depth}", "backbone": f"resnet{depth}",
+        "batch_norm": True, "mean": IMAGENET_MEAN_RGB, "std": IMAGENET_STD_RGB,
+    }  # fmt: skip
+
+
 def trunk_weights(weights: Weights) -> tuple[Weights, dict]:
     """Trunk weights and ``info = {"source", "backbone", "batch_norm", "mean",
     "std"}`` of any ImageNet model this module reads."""
     if mobilenet.is_mobilenet_v3_large(weights):
         return mobilenet_v3_large_backbone(weights)
+    if resnet.is_resnet(weights):
+        return resnet_backbone(weights)
     return vgg16_backbone(weights)
 
 

@@ -1,6 +1,7 @@
 """Trained SSD detectors of the PyTorch ports as ssd_jax variables and the
 configuration that describes them: jjjkkkjjj/pytorch_SSD, amdegroot/ssd.pytorch,
-torchvision ``ssd300_vgg16`` and ``ssdlite320_mobilenet_v3_large``."""
+torchvision ``ssd300_vgg16`` and ``ssdlite320_mobilenet_v3_large``, NVIDIA's
+SSD300 v1.1 (DeepLearningExamples, ResNet trunks)."""
 
 import os
 from collections.abc import Callable, Sequence
@@ -13,7 +14,7 @@ from ssd_jax import build, checkpoint, steps
 from ssd_jax.config_schema import base_config
 from ssd_jax.data.classes import COCO_CATEGORY_IDS, COCO_CLASSES, UNUSED_PREFIX, VOC_CLASSES
 from ssd_jax.data.imagenet import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
-from ssd_jax.importers import mobilenet
+from ssd_jax.importers import mobilenet, resnet
 from ssd_jax.importers.backbone import (
     CAFFE_MEAN_RGB,
     CAFFE_STD_RGB,
@@ -134,11 +135,6 @@ def from_torchvision(weights: Weights) -> tuple[Weights, dict]:
     8 ... 300), its 91-logit COCO layout (label k = COCO category id k; unused ids
     get placeholder names), input normalization (RGB minus (123, 117, 104)) and
     post-processing (400 candidates per class)."""
-    if "backbone.extra.0.0.0.weight" in weights:  # SSDlite's extra blocks
-        raise ConversionError(
-            "this is torchvision's SSDlite (ssdlite320_mobilenet_v3_large): use --from "
-            "torchvision_ssdlite"
-        )
     out: Weights = {}
     for name, k in zip(VGG_CONVS[:10], TORCHVISION_VGG16_CONVS[:10], strict=True):
         out |= conv(weights, f"backbone.features.{k}", f"vgg/{name}/conv")
@@ -213,6 +209,63 @@ def from_torchvision_ssdlite(weights: Weights) -> tuple[Weights, dict]:
     return out, info
 
 
+def _slot_major(kernel: np.ndarray, bias: np.ndarray, groups: int) -> tuple[np.ndarray, ...]:
+    """A head whose output channels are ordered (value, slot), ``groups`` values
+    (4 offsets or C + 1 logits) per slot, reordered to ours: (slot, value)."""
+    slots = bias.shape[0] // groups
+    kernel = kernel.reshape(*kernel.shape[:3], groups, slots).swapaxes(-1, -2)
+    bias = bias.reshape(groups, slots).T
+    return kernel.reshape(*kernel.shape[:3], -1), bias.reshape(-1)
+
+
+def from_nvidia_ssd(weights: Weights) -> tuple[Weights, dict]:
+    """NVIDIA's SSD300 v1.1 (DeepLearningExamples PyTorch/Detection/SSD, torch.hub
+    ``nvidia_ssd``): a torchvision ResNet trunk cut after its third stage (depth
+    read from the blocks), five extra blocks with BatchNorm, 3x3 heads whose
+    outputs are ordered value-major (reordered here), the ``ssd300_nvidia``
+    default boxes, ImageNet input normalization, NVIDIA's loss normalization (per
+    image) and post-processing (score > 0.05, 200 per class, NMS at 0.45, 200
+    detections). 81 logits: NVIDIA's labels 1 ... 80 are the COCO categories in
+    id order."""
+    if not any(key.startswith(resnet.NVIDIA_TRUNK) for key in weights):
+        hint = (
+            "; torchvision's ImageNet ResNets are backbones: convert them with "
+            "convert_torch_backbone.py" if resnet.is_resnet(weights) else ""
+        )
+        raise ConversionError(
+            f"not an NVIDIA SSD300 state dict (no {resnet.NVIDIA_TRUNK}*; the file has e.g. "
+            f"{sorted(weights)[:3]}){hint}"
+        )
+    trunk_weights = resnet.nvidia_trunk_names(weights)
+    depth = resnet.depth(trunk_weights)
+    out = resnet.trunk(trunk_weights)
+    for k in range(5):
+        prefix = f"additional_blocks.{k}"
+        out |= resnet.conv_bn(weights, f"{prefix}.0", f"{prefix}.1", f"extra{k + 1}_1")
+        out |= resnet.conv_bn(weights, f"{prefix}.3", f"{prefix}.4", f"extra{k + 1}_2")
+    boxes_per_location, num_logits = [], set()
+    for k in range(6):
+        slots = take(weights, f"loc.{k}.bias", 1).shape[0] // 4
+        logits = take(weights, f"conf.{k}.bias", 1).shape[0] // slots
+        boxes_per_location.append(slots)
+        num_logits.add(logits)
+        for ours, theirs, values in (("loc_heads", "loc", 4), ("conf_heads", "conf", logits)):
+            head = conv(weights, f"{theirs}.{k}", "head")
+            kernel, bias = _slot_major(head["head/kernel"], head["head/bias"], values)
+            out |= {f"{ours}/{k}/kernel": kernel, f"{ours}/{k}/bias": bias}
+    if len(num_logits) != 1:
+        raise ConversionError(f"the confidence heads disagree on the class count: {num_logits}")
+    info = {"backbone": f"resnet{depth}", "architecture": "ssd300", "batch_norm": True,
+            "num_classes": num_logits.pop() - 1, "default_boxes": "ssd300_nvidia",
+            "boxes_per_location": tuple(boxes_per_location),
+            "mean": IMAGENET_MEAN_RGB, "std": IMAGENET_STD_RGB,
+            "width": out["resnet/stem/conv/kernel"].shape[-1] / 64,
+            "loss": {"normalization": "image"},
+            "detection": {"score_threshold": 0.05, "nms_iou_threshold": 0.45,
+                          "top_k_per_class": 200, "max_detections": 200}}  # fmt: skip
+    return out, info
+
+
 # The detectors ``python -m ssd_jax.convert --from NAME`` imports: each maps a
 # state dict (flat names -> NumPy arrays) to our variables ("/"-joined paths) and
 # an ``info`` dict (architecture, batch_norm, num_classes, default_boxes, mean,
@@ -224,7 +277,19 @@ IMPORTERS: dict[str, Callable[[Weights], tuple[Weights, dict]]] = {
     "ssd.pytorch": from_ssd_pytorch,
     "torchvision": from_torchvision,
     "torchvision_ssdlite": from_torchvision_ssdlite,
+    "nvidia_ssd": from_nvidia_ssd,
 }
+
+# A key that only the state dicts of each importer's detector hold, and the
+# detector's name: a file given to another importer is refused naming its own.
+SIGNATURES: dict[str, tuple[str, str]] = {
+    "pytorch_ssd": ("addon_layers.addon_1.scales", "jjjkkkjjj/pytorch_SSD's SSD"),
+    "ssd.pytorch": ("L2Norm.weight", "amdegroot/ssd.pytorch's SSD300"),
+    "torchvision": ("backbone.scale_weight", "torchvision's ssd300_vgg16"),
+    "torchvision_ssdlite": ("backbone.extra.0.0.0.weight",
+                            "torchvision's SSDlite (ssdlite320_mobilenet_v3_large)"),
+    "nvidia_ssd": ("additional_blocks.0.0.weight", "NVIDIA's SSD300 v1.1"),
+}  # fmt: skip
 
 
 def import_detector(kind: str, weights: Weights) -> tuple[Weights, dict]:
@@ -232,6 +297,9 @@ def import_detector(kind: str, weights: Weights) -> tuple[Weights, dict]:
     :data:`IMPORTERS`) in the state dict ``weights``."""
     if kind not in IMPORTERS:
         raise ValueError(f"unknown source {kind!r}: one of {', '.join(IMPORTERS)}")
+    for other, (key, what) in SIGNATURES.items():
+        if key in weights and SIGNATURES[kind][0] not in weights:
+            raise ConversionError(f"this is {what}, not a {kind} detector: use --from {other}")
     converted, info = IMPORTERS[kind](weights)
     info.setdefault("class_names", _default_class_names(info["num_classes"]))
     if "width" not in info:  # VGG16: 64 channels in conv1_1 at width 1
@@ -254,6 +322,7 @@ def detector_config(
     config.data.class_names = tuple(class_names or info["class_names"])
     config.data.mean, config.data.std = tuple(info["mean"]), tuple(info["std"])
     config.detection.update(info.get("detection", {}))
+    config.loss.update(info.get("loss", {}))
     if len(config.data.class_names) != info["num_classes"]:
         raise ConversionError(
             f"{len(config.data.class_names)} class names for a {info['num_classes']}-class model"

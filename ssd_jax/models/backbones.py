@@ -18,6 +18,7 @@ from flax import nnx
 
 from ssd_jax.models.conv import conv_general_dilated
 from ssd_jax.models.mobilenet_v3 import MobileNetV3Large, PredictionBlock, ssdlite_extras
+from ssd_jax.models.resnet import DEPTHS, ResNet, resnet_extras
 from ssd_jax.models.vgg import VGG16, ConvBlock, scale_channels, xavier_uniform
 
 
@@ -121,6 +122,19 @@ for _name, _reduced, _what in (
         {"ssdlite320": (512, 256, 256, 128)},
         ssdlite_extras,
         PredictionBlock,
+    )
+
+
+# torchvision's ResNets cut as NVIDIA's SSD300 v1.1 cuts them; the extra layers'
+# output channels are NVIDIA's for each depth.
+for _depth in DEPTHS:
+    BACKBONES[f"resnet{_depth}"] = Backbone(
+        f"ResNet-{_depth} to its third stage at stride 8 (NVIDIA's SSD300 v1.1; one map); "
+        "NVIDIA's extra layers with BatchNorm",
+        "resnet",
+        functools.partial(ResNet, depth=_depth),
+        {"ssd300": (512, 512, 256, 256, 128 if _depth == 18 else 256)},
+        resnet_extras,
     )
 
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssd_jax.models.conv import conv_general_dilated
+from ssd_jax.models.layers import ConvBN, hard_sigmoid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,43 +71,6 @@ def make_divisible(channels: float, divisor: int = 8) -> int:
     rounding to nearest would lose more than 10 % (the MobileNet rule)."""
     rounded = max(divisor, int(channels + divisor / 2) // divisor * divisor)
     return rounded + divisor if rounded < 0.9 * channels else rounded
-
-
-def hard_swish(x: jax.Array) -> jax.Array:
-    return x * jax.nn.relu6(x + 3) / 6
-
-
-def hard_sigmoid(x: jax.Array) -> jax.Array:
-    return jax.nn.relu6(x + 3) / 6
-
-
-ACTIVATIONS = {"relu": jax.nn.relu, "relu6": jax.nn.relu6, "hard_swish": hard_swish, None: None}
-
-
-class ConvBN(nnx.Module):
-    """Conv (no bias; ``groups`` = channels: depthwise) -> BatchNorm (momentum
-    0.97: torchvision SSDlite's 0.03) -> activation (``"relu"``, ``"relu6"``,
-    ``"hard_swish"`` or None), padding (kernel - 1) / 2."""
-
-    def __init__(self, in_features: int, out_features: int, kernel: int, *, stride: int = 1,
-                 groups: int = 1, activation: str | None, dtype, param_dtype, rngs: nnx.Rngs,
-                 momentum: float = 0.97):  # fmt: skip
-        pad = (kernel - 1) // 2
-        self.conv = nnx.Conv(
-            in_features, out_features, (kernel, kernel), strides=stride,
-            padding=((pad, pad), (pad, pad)), feature_group_count=groups, use_bias=False,
-            kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
-            conv_general_dilated=conv_general_dilated, dtype=dtype, param_dtype=param_dtype,
-            rngs=rngs,
-        )  # fmt: skip
-        self.bn = nnx.BatchNorm(out_features, momentum=momentum, epsilon=1e-3, dtype=dtype,
-                                param_dtype=param_dtype, rngs=rngs)  # fmt: skip
-        self.activation = activation
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.bn(self.conv(x))
-        act = ACTIVATIONS[self.activation]
-        return x if act is None else act(x)
 
 
 class SqueezeExcite(nnx.Module):
