@@ -25,43 +25,10 @@ from ssd_jax.importers.common import ConversionError
 from ssd_jax.inference import load_detector
 from ssd_jax.models import SSD
 from ssd_jax.models.mobilenet_v3 import MobileNetV3Large
+from tests.torch_helpers import in_float64, randomize_batch_norm, state_dict
 from tests.torchvision_stand_ins import torchvision
 
 ImageList = torchvision.models.detection.image_list.ImageList
-
-
-def randomize_batch_norm(model: torch.nn.Module, forward=None) -> torch.nn.Module:
-    """Random BatchNorm affine parameters and statistics that fit the data
-    (one batch of noise images through ``forward``, or the model, in training
-    mode): random statistics collapse a deep network's outputs into near ties
-    that no two implementations order alike. Returns the model in eval mode."""
-    torch.manual_seed(0)
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for module in norms:
-        module.weight.data.uniform_(0.5, 1.5)
-        module.bias.data.uniform_(-0.2, 0.2)
-        module.momentum = 1.0  # the running statistics become this batch's
-    model.train()
-    with torch.no_grad():
-        (forward or model)(torch.rand(4, 3, 320, 320) * 2 - 1)
-    for module in norms:
-        module.momentum = 0.1
-    return model.eval()
-
-
-def state_dict(model: torch.nn.Module) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in model.state_dict().items() if "num_batches" not in k}
-
-
-def in_float64(model: SSD) -> SSD:
-    """A float64 copy of our SSDlite (call under ``jax.enable_x64``)."""
-    copy64 = SSD("ssdlite320", model.num_classes, backbone=model.backbone, dtype=jnp.float64,
-                 param_dtype=jnp.float64, rngs=nnx.Rngs(0))  # fmt: skip
-    pure = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model)))
-    detectors.assign_weights(
-        copy64, {"/".join(map(str, k)): np.asarray(v, np.float64) for k, v in pure.items()}
-    )
-    return copy64
 
 
 @pytest.fixture(scope="module")
