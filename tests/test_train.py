@@ -108,6 +108,29 @@ def test_the_ssdlite_configs_follow_their_recipes():
     assert voc.optimizer.weight_decay == 5e-4
 
 
+def test_the_resnet_configs_follow_nvidias_recipe():
+    """ssd300_resnet50_coco: NVIDIA's SSD300 v1.1 README (65 epochs of 8 x 32
+    images, 459 iterations each; lr 2.6e-3 per 32 images; x0.1 at epochs 43 and
+    54; warmup 300; weight decay 5e-4 but not on BatchNorm or biases; no zoom
+    out; per-image loss normalization; score > 0.05, 200 per class and image)."""
+    coco = load_config("ssd300_resnet50_coco")
+    assert (coco.model.backbone, coco.model.architecture) == ("resnet50", "ssd300")
+    assert coco.model.default_boxes == "ssd300_nvidia" and coco.eval_metric == "coco"
+    assert coco.batch_size == 256 and coco.optimizer.base_batch_size == 32
+    assert coco.optimizer.learning_rate == 2.6e-3 and coco.optimizer.warmup_steps == 300
+    assert coco.num_steps == 65 * 459
+    assert tuple(coco.optimizer.milestones) == (43 * 459, 54 * 459)
+    assert (coco.optimizer.weight_decay, coco.optimizer.weight_decay_on) == (5e-4, "kernels")
+    assert coco.data.photometric and not coco.data.zoom_out
+    assert coco.loss.normalization == "image"
+    assert (coco.detection.score_threshold, coco.detection.nms_iou_threshold) == (0.05, 0.45)
+    assert coco.detection.top_k_per_class == coco.detection.max_detections == 200
+    voc = load_config("ssd300_resnet50_voc")
+    assert voc.model.backbone == "resnet50" and voc.model.default_boxes == ""
+    assert voc.loss.normalization == "image" and voc.eval_metric == "voc"
+    assert (voc.batch_size, voc.optimizer.learning_rate, voc.num_steps) == (32, 1e-3, 120_000)
+
+
 def test_unknown_config_key_fails(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "ssd_jax.train", "--config", "configs/tiny.py", "--workdir", str(tmp_path),
