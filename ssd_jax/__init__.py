@@ -14,7 +14,7 @@ Conventions used throughout:
 import importlib.metadata
 import os
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def _release(package: str) -> tuple[int, ...]:
