@@ -238,3 +238,32 @@ def test_predict_command_draws_detections_and_skips_bad_files(tmp_path):
     assert json.loads((tmp_path / "none" / "detections.json").read_text())["skipped"] == [
         str(images / "broken.jpg")
     ]
+
+
+@pytest.mark.slow
+def test_a_resnet_ssd_trains_evaluates_predicts_and_exports_from_the_command_line(tmp_path):
+    """NVIDIA's SSD300 options as configuration keys (ResNet-18 at 1/16 width, its
+    default boxes, per-image loss normalization) through every command."""
+    run_dir = tmp_path / "run"
+    result = run("-m", "ssd_jax.train", "--config", "configs/tiny.py", "--workdir", str(run_dir),
+                 "--config.model.backbone=resnet18", "--config.model.batch_norm=True",
+                 "--config.model.default_boxes=ssd300_nvidia",
+                 "--config.loss.normalization=image", "--config.num_steps=2",
+                 "--config.checkpoint_every=2", "--config.eval_every=2")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved = json.loads(next(run_dir.glob("checkpoints/2/*/metadata")).read_text())
+    assert "resnet18" in json.dumps(saved)
+    result = run("-m", "ssd_jax.evaluate", "--checkpoint", str(run_dir),
+                 "--output", str(tmp_path / "eval.json"))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "mAP" in json.loads((tmp_path / "eval.json").read_text())
+    image = SyntheticShapes(1, num_classes=3, image_size=(90, 140), seed=5)[0]["image"]
+    cv2.imwrite(str(tmp_path / "shapes.png"), image[..., ::-1])
+    result = run("-m", "ssd_jax.predict", "--checkpoint", str(run_dir), "--input",
+                 str(tmp_path / "shapes.png"), "--output", str(tmp_path / "out"))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "out" / "detections.json").is_file()
+    result = run("-m", "ssd_jax.export", "--checkpoint", str(run_dir),
+                 "--output", str(tmp_path / "detector.jax"))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "detector.jax").stat().st_size > 1000

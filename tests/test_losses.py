@@ -76,6 +76,27 @@ def test_normalized_by_positives_of_the_whole_batch():
     np.testing.assert_allclose(aux_batch["loc"], total_loc / aux_batch["num_pos"], rtol=1e-5)
 
 
+def test_per_image_normalization_hand_computed():
+    """NVIDIA's: each image's sums over its own positives, then the mean over all
+    images, an image without positives adding 0. Logits all 0 (every cross-entropy
+    log 2), offsets 0 except each positive's first, 2 (smooth L1 1.5)."""
+    loc = jnp.zeros((3, 8, 4))
+    conf = jnp.zeros((3, 8, 2))
+    labels = jnp.array([[1, 0, 0, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0, 0], [0] * 8])
+    deltas = jnp.zeros((3, 8, 4)).at[..., 0].set(2.0 * (labels > 0))
+    loss, aux = losses.multibox_loss(loc, conf, labels, deltas, normalization="image")
+    # image 0: 1 positive + 3 negatives; image 1: 2 + min(6, 6); image 2: nothing
+    conf_want = (4 * math.log(2) / 1 + 8 * math.log(2) / 2 + 0) / 3
+    np.testing.assert_allclose(aux["conf"], conf_want, rtol=1e-6)
+    np.testing.assert_allclose(aux["loc"], (1.5 / 1 + 3.0 / 2 + 0) / 3, rtol=1e-6)
+    np.testing.assert_allclose(loss, conf_want + 1.0, rtol=1e-6)
+    assert aux["num_pos"] == 3
+    _, batch = losses.multibox_loss(loc, conf, labels, deltas)  # the paper's: over all 3
+    np.testing.assert_allclose(batch["loc"], 4.5 / 3, rtol=1e-6)
+    with pytest.raises(ValueError, match="one of"):
+        losses.multibox_loss(loc, conf, labels, deltas, normalization="images")
+
+
 def test_no_ground_truth_gives_zero_loss_and_finite_gradients():
     rng = np.random.default_rng(4)
     loc, conf, _, deltas = random_batch(rng, 2, 30, 4, 0.0)

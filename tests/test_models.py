@@ -57,7 +57,8 @@ def test_full_size_forward_pass(factory, name):
     ("name", "batch_norm", "backbone"),
     [("ssd300", True, "vgg16"), ("ssd512", True, "vgg16"),
      ("ssdlite320", True, "mobilenet_v3_large_reduced_tail"),
-     ("ssdlite320", True, "mobilenet_v3_large")],
+     ("ssdlite320", True, "mobilenet_v3_large"),
+     ("ssd300", True, "resnet50"), ("ssd300", True, "resnet18")],
 )  # fmt: skip
 def test_source_feature_maps_match_default_box_preset(name, batch_norm, backbone):
     model = SSD(name, 3, backbone=backbone, batch_norm=batch_norm, width=1 / 8, rngs=nnx.Rngs(0))

@@ -60,7 +60,7 @@ def test_an_imported_ssdlite_exports_to_onnx_with_the_same_detections(tmp_path):
 
     from ssd_jax import exporters
     from ssd_jax.importers import detectors
-    from tests.test_ssdlite import randomize_batch_norm
+    from tests.torch_helpers import randomize_batch_norm
     from tests.torchvision_stand_ins import torchvision
 
     torch.manual_seed(0)
