@@ -42,7 +42,7 @@ if __name__ == "__main__":
     from ssd_jax import cli
 
     flags.DEFINE_string(
-        "input", None, "ImageNet VGG16, MobileNetV3-Large or ResNet weights (.pth/.safetensors/.npz)."
+        "input", None, "ImageNet VGG16, MobileNetV3 or ResNet weights (.pth/.safetensors/.npz)."
     )
     flags.DEFINE_string("output", None, "Output path (.npz is added).")
     flags.mark_flags_as_required(["input", "output"])

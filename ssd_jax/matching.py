@@ -58,7 +58,8 @@ def match(
     # the later ground truth wins a shared default box.
     best_default = iou.argmax(axis=1)  # (M,)
     forcing_gt = jnp.full(best_gt.shape, -1, jnp.int32)
-    forcing_gt = forcing_gt.at[best_default].max(jnp.where(valid, jnp.arange(num_gt, dtype=jnp.int32), -1))
+    gt_index = jnp.arange(num_gt, dtype=jnp.int32)
+    forcing_gt = forcing_gt.at[best_default].max(jnp.where(valid, gt_index, -1))
     forced = forcing_gt >= 0
     best_gt = jnp.where(forced, forcing_gt, best_gt)
 

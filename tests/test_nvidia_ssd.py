@@ -266,6 +266,10 @@ def test_a_file_given_to_the_wrong_importer_names_the_right_one(models):
     with pytest.raises(ConversionError, match="NVIDIA's SSD300 v1.1, not a torchvision detector: "
                                               "use --from nvidia_ssd"):  # fmt: skip
         detectors.import_detector("torchvision", weights)
+    fewer = {k: v for k, v in weights.items() if ".feature_extractor.6.5." not in k}
+    with pytest.raises(ConversionError, match=r"no torchvision ResNet has bottleneck blocks "
+                                              r"\[3, 4, 5\] in stages 1-3"):  # fmt: skip
+        detectors.import_detector("nvidia_ssd", fewer)
     classifier = state_dict(torchvision.models.resnet18(weights=None))
     with pytest.raises(ConversionError, match="convert them with convert_torch_backbone.py"):
         detectors.import_detector("nvidia_ssd", classifier)

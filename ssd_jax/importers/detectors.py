@@ -230,7 +230,9 @@ def from_nvidia_ssd(weights: Weights) -> tuple[Weights, dict]:
     if not any(key.startswith(resnet.NVIDIA_TRUNK) for key in weights):
         hint = (
             "; torchvision's ImageNet ResNets are backbones: convert them with "
-            "convert_torch_backbone.py" if resnet.is_resnet(weights) else ""
+            "convert_torch_backbone.py"
+            if resnet.is_resnet(weights)
+            else ""
         )
         raise ConversionError(
             f"not an NVIDIA SSD300 state dict (no {resnet.NVIDIA_TRUNK}*; the file has e.g. "

@@ -94,9 +94,11 @@ class ResNet(nnx.Module):
                                                         strict=True), start=1):  # fmt: skip
             blocks = []
             for k in range(count):
-                blocks.append(Block(in_features, scale_channels(planes, width),
-                                    stride if k == 0 else 1, spec.bottleneck, **kwargs))  # fmt: skip
-                in_features = blocks[-1].out_features
+                block_stride = stride if k == 0 else 1
+                block = Block(in_features, scale_channels(planes, width), block_stride,
+                              spec.bottleneck, **kwargs)  # fmt: skip
+                blocks.append(block)
+                in_features = block.out_features
             setattr(self, f"layer{n}", nnx.List(blocks))
         self.out_features = (in_features,)
 
