@@ -204,7 +204,8 @@ def test_unknown_files_and_missing_keys_fail_clearly(tmp_path):
             for k in backbone.SSD_PYTORCH_VGG_CONVS for p in ("weight", "bias")
         })  # fmt: skip
     with pytest.raises(
-        common.ConversionError, match="not an ImageNet VGG16 or MobileNetV3-Large state dict"
+        common.ConversionError,
+        match="not an ImageNet VGG16, MobileNetV3-Large or ResNet state dict",
     ):
         backbone.vgg16_backbone({"foo.weight": np.zeros(3)})
     with pytest.raises(ValueError, match="unknown source"):
