@@ -35,9 +35,14 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks.common import write_report
-from benchmarks.ssdlite_speed import compile_seconds, median_seconds
+from benchmarks.ssdlite_speed import (
+    compile_seconds,
+    median_seconds,
+    our_train_call,
+    timing_settings,
+)
 from benchmarks.train_step import synthetic_batch
-from ssd_jax import build, optim, steps
+from ssd_jax import build, steps
 from ssd_jax.config_schema import base_config, data_config, validate
 
 FLAGS = flags.FLAGS
@@ -111,21 +116,7 @@ def train_row(torch, nvidia, theirs, config) -> dict:
     batch_size = FLAGS.train_batch_size
     host_batch = synthetic_batch(batch_size, IMAGE_SIZE, config.data.max_boxes)
     batch = jax.device_put(host_batch)
-    schedule = optim.step_schedule(LEARNING_RATE, 1, (), 0.1)
-    optimizer = optim.make_optimizer("sgd", schedule, 0.9, WEIGHT_DECAY)
-    graphdef, variables = steps.split_model(build.model(config.model, NUM_CLASSES, seed=0))
-    state = steps.init_train_state(variables, optimizer)
-    step, compile_s = compile_seconds(
-        steps.make_train_step(graphdef, optimizer, schedule, build.step_settings(config)),
-        state,
-        batch,
-    )
-    carry = {"state": state}
-
-    def ours():
-        carry["state"], metrics = step(carry["state"], batch)
-        return metrics["loss"]
-
+    ours, compile_s = our_train_call(config, NUM_CLASSES, batch, LEARNING_RATE, WEIGHT_DECAY)
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     images = host_batch["image"] / 255
     inputs = torch.from_numpy(((images - mean) / std).transpose(0, 3, 1, 2)).float()
@@ -202,13 +193,7 @@ def main(argv: list[str]) -> None:
             "weight_decay": WEIGHT_DECAY,
             "learning_rate": LEARNING_RATE,
         },
-        timing={
-            "repeats": FLAGS.repeats,
-            "iterations": FLAGS.iterations,
-            "warmup": FLAGS.warmup,
-            "statistic": "median round, seconds per call",
-            "interleaved": FLAGS.interleave,
-        },
+        timing=timing_settings(),
         cpu_count=os.cpu_count(),
         torch_threads=torch.get_num_threads(),
         python=platform.python_version(),

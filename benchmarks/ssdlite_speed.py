@@ -176,6 +176,30 @@ def compile_seconds(fn, *args) -> tuple[Callable, float]:
     return compiled, time.perf_counter() - start
 
 
+def our_train_call(
+    config, num_classes: int, batch: dict, learning_rate: float, weight_decay: float
+) -> tuple[Callable[[], object], float]:
+    """Our compiled train step (SGD, momentum 0.9, constant ``learning_rate``) as a
+    call on ``batch`` that carries its state and returns the loss, and the seconds
+    compiling took."""
+    schedule = optim.step_schedule(learning_rate, 1, (), 0.1)
+    optimizer = optim.make_optimizer("sgd", schedule, 0.9, weight_decay)
+    graphdef, variables = steps.split_model(build.model(config.model, num_classes, seed=0))
+    state = steps.init_train_state(variables, optimizer)
+    step, compile_s = compile_seconds(
+        steps.make_train_step(graphdef, optimizer, schedule, build.step_settings(config)),
+        state,
+        batch,
+    )
+    carry = {"state": state}
+
+    def ours():
+        carry["state"], metrics = step(carry["state"], batch)
+        return metrics["loss"]
+
+    return ours, compile_s
+
+
 # ----------------------------------------------------------------------------- timing
 
 
@@ -204,6 +228,17 @@ def median_seconds(calls: dict[str, Callable[[], object]]) -> dict[str, float]:
             for name in calls:
                 round_of(name)
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def timing_settings() -> dict:
+    """How :func:`median_seconds` timed, for the report."""
+    return {
+        "repeats": FLAGS.repeats,
+        "iterations": FLAGS.iterations,
+        "warmup": FLAGS.warmup,
+        "statistic": "median round, seconds per call",
+        "interleaved": FLAGS.interleave,
+    }
 
 
 def candidates_per_image(probs: np.ndarray, threshold: float = 0.001) -> float:
@@ -280,21 +315,7 @@ def train_rows(torch, theirs, config) -> list[dict]:
     host_batch = synthetic_batch(batch_size, IMAGE_SIZE, config.data.max_boxes)
     batch = jax.device_put(host_batch)
 
-    # ours
-    schedule = optim.step_schedule(LEARNING_RATE, 1, (), 0.1)
-    optimizer = optim.make_optimizer("sgd", schedule, 0.9, WEIGHT_DECAY)
-    graphdef, variables = steps.split_model(build.model(config.model, NUM_CLASSES, seed=0))
-    state = steps.init_train_state(variables, optimizer)
-    step, compile_s = compile_seconds(
-        steps.make_train_step(graphdef, optimizer, schedule, build.step_settings(config)),
-        state,
-        batch,
-    )
-    carry = {"state": state}
-
-    def ours():
-        carry["state"], metrics = step(carry["state"], batch)
-        return metrics["loss"]
+    ours, compile_s = our_train_call(config, NUM_CLASSES, batch, LEARNING_RATE, WEIGHT_DECAY)
 
     # torchvision's: same images as float [0, 1], boxes in pixels, its labels
     images = list(torch.from_numpy(host_batch["image"]).permute(0, 3, 1, 2).float() / 255)
@@ -414,13 +435,7 @@ def main(argv: list[str]) -> None:
             "torchvision_weight_decay_on": "all parameters",
         },
         torchvision_nms=NMS_NOTE,
-        timing={
-            "repeats": FLAGS.repeats,
-            "iterations": FLAGS.iterations,
-            "warmup": FLAGS.warmup,
-            "statistic": "median round, seconds per call",
-            "interleaved": FLAGS.interleave,
-        },
+        timing=timing_settings(),
         cpu_count=os.cpu_count(),
         torch_threads=torch.get_num_threads(),
         torch_interop_threads=torch.get_num_interop_threads(),

@@ -25,7 +25,12 @@ from ssd_jax.inference import load_detector
 from ssd_jax.models import SSD
 from ssd_jax.models.resnet import ResNet
 from tests import nvidia_reference as nvidia
-from tests.torch_helpers import in_float64, randomize_batch_norm, state_dict
+from tests.torch_helpers import (
+    assert_gradients_match,
+    in_float64,
+    randomize_batch_norm,
+    state_dict,
+)
 from tests.torchvision_stand_ins import torchvision
 
 ORDER = nvidia.ours_from_theirs_order().numpy()  # our box order in NVIDIA's
@@ -226,14 +231,7 @@ def test_one_training_step_gives_nvidias_loss_and_gradients(models):
         our_loss, grads = nnx.value_and_grad(loss_fn)(model)
         grads = traverse_util.flatten_dict(nnx.to_pure_dict(grads))
     np.testing.assert_allclose(float(our_loss), loss.item(), rtol=1e-6)
-    assert len(grads) == len(list(theirs.parameters()))
-    # biases before a training-mode BatchNorm have no gradient: float64 noise on both sides
-    floor = 1e-8 * max(np.abs(their_grads["/".join(map(str, p))]).max() for p in grads)
-    for path, grad in grads.items():
-        want = their_grads["/".join(map(str, path))]
-        np.testing.assert_allclose(np.asarray(grad), want,
-                                   atol=1e-4 * max(np.abs(want).max(), floor),
-                                   err_msg="/".join(map(str, path)))  # fmt: skip
+    assert_gradients_match(grads, their_grads, len(list(theirs.parameters())))
 
 
 def test_imagenet_resnet50_feeds_the_trunk(tmp_path):

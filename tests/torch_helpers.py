@@ -34,6 +34,22 @@ def state_dict(model: torch.nn.Module) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in model.state_dict().items() if "num_batches" not in k}
 
 
+def assert_gradients_match(grads: dict, their_grads: dict, num_params: int) -> None:
+    """Our gradients (``nnx.value_and_grad``'s state, flattened) against a PyTorch
+    model's imported into our names: one per parameter, each to 1e-4 of its
+    leaf's largest entry (the float32 loss's rounding, see tests/test_ssdlite.py).
+    Biases before a training-mode BatchNorm have no gradient: both sides hold
+    float64 noise there, hence a floor of 1e-8 of the largest gradient."""
+    assert len(grads) == num_params
+    names = {path: "/".join(map(str, path)) for path in grads}
+    floor = 1e-8 * max(np.abs(their_grads[name]).max() for name in names.values())
+    for path, grad in grads.items():
+        want = their_grads[names[path]]
+        np.testing.assert_allclose(np.asarray(grad), want,
+                                   atol=1e-4 * max(np.abs(want).max(), floor),
+                                   err_msg=names[path])  # fmt: skip
+
+
 def in_float64(model: SSD) -> SSD:
     """A float64 copy of one of our SSDs (call under ``jax.enable_x64``)."""
     copy64 = SSD(model.architecture, model.num_classes, backbone=model.backbone,
