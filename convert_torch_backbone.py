@@ -21,7 +21,7 @@ import os
 import numpy as np
 from absl import flags
 
-from ssd_jax.importers.backbone import normalization_arrays, trunk_weights
+from ssd_jax.importers.backbone import record_arrays, trunk_weights
 from ssd_jax.importers.common import read_state_dict
 
 FLAGS = flags.FLAGS
@@ -32,7 +32,7 @@ def main(argv: list[str]) -> None:
     converted, info = trunk_weights(read_state_dict(FLAGS.input))
     output = FLAGS.output if FLAGS.output.endswith(".npz") else FLAGS.output + ".npz"
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    np.savez(output, **converted, **normalization_arrays(info))
+    np.savez(output, **converted, **record_arrays(info))
     print(f"{info['source']}: {len(converted)} arrays -> {output} "
           f"(backbone={info['backbone']}, batch_norm={info['batch_norm']}, mean={info['mean']}, "
           f"std={info['std']})")  # fmt: skip

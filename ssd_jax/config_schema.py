@@ -164,8 +164,8 @@ def _rules(config: ml_collections.ConfigDict) -> list[tuple[str, bool, str]]:
         ("model.backbone", config.model.backbone in BACKBONES, str(tuple(BACKBONES))),
         ("model.architecture", config.model.architecture in _architectures(config.model),
          str(_architectures(config.model))),
-        ("model.default_boxes", config.model.default_boxes in ("", *PRESETS),
-         f"'' or one of {sorted(PRESETS)}"),
+        ("model.default_boxes", config.model.default_boxes in ("", *_box_presets(config.model)),
+         _box_presets_what(config.model)),
         ("model.dtype", config.model.dtype in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
         ("model.width", config.model.width > 0, "positive"),
         ("data.train.kind", config.data.train.kind in FORMATS, str(tuple(FORMATS))),
@@ -205,6 +205,25 @@ def _architectures(model: ml_collections.ConfigDict) -> tuple[str, ...]:
     if model.backbone in BACKBONES:
         return tuple(BACKBONES[model.backbone].extras)
     return tuple(dict.fromkeys(a for b in BACKBONES.values() for a in b.extras))
+
+
+def _box_presets(model: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The default-box presets with the maps and input size of ``model.architecture``
+    (every preset when the architecture is unknown)."""
+    layout = PRESETS.get(model.architecture)
+    if layout is None:
+        return tuple(sorted(PRESETS))
+    shape = (layout.image_size, layout.feature_map_sizes)
+    return tuple(
+        name for name, spec in sorted(PRESETS.items())
+        if (spec.image_size, spec.feature_map_sizes) == shape
+    )  # fmt: skip
+
+
+def _box_presets_what(model: ml_collections.ConfigDict) -> str:
+    if model.architecture not in PRESETS:
+        return f"'' or one of {list(_box_presets(model))}"
+    return f"'' or a preset of the {model.architecture} layout: {', '.join(_box_presets(model))}"
 
 
 def _format_rules(config: ml_collections.ConfigDict) -> list[tuple[str, bool, str]]:

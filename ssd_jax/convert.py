@@ -2,8 +2,8 @@ r"""Imports a trained PyTorch SSD detector as an ssd_jax checkpoint.
 
     python -m ssd_jax.convert --from NAME --input FILE --output DIR [--class_names a,b,c]
 
-``NAME`` is a key of :data:`ssd_jax.importers.detectors.IMPORTERS` (today
-``pytorch_ssd``, ``ssd.pytorch``, ``torchvision``); ``--help`` lists them.
+``NAME`` is a key of :data:`ssd_jax.importers.detectors.IMPORTERS`; ``--help``
+lists them.
 
 writes ``DIR/checkpoints/0`` in the layout training writes, so ``evaluate``,
 ``predict``, ``export`` (``--checkpoint DIR``) and fine-tuning
@@ -24,8 +24,9 @@ def main(argv: list[str]) -> None:
     kind = FLAGS["from"].value
     class_names = FLAGS.class_names.split(",") if FLAGS.class_names else None
     location, info = convert_detector(kind, FLAGS.input, FLAGS.output, class_names)
-    print(f"{kind} {info['architecture']} ({info['num_classes']} classes, "
-          f"default boxes {info['default_boxes']}) -> {location.directory}")  # fmt: skip
+    print(f"{kind} {info['architecture']} on {info.get('backbone', 'vgg16')} "
+          f"({info['num_classes']} classes, default boxes {info['default_boxes']}) -> "
+          f"{location.directory}")  # fmt: skip
 
 
 if __name__ == "__main__":

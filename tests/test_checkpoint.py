@@ -313,10 +313,10 @@ def test_a_backbones_normalization_reads_back_as_the_configuration_states_it(tmp
     holds: a resume that leaves init.backbone off compares equal."""
     from ssd_jax.checkpoint import variables
     from ssd_jax.data.imagenet import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
-    from ssd_jax.importers.backbone import normalization_arrays
+    from ssd_jax.importers.backbone import record_arrays
 
     path = tmp_path / "trunk.npz"
-    np.savez(path, **normalization_arrays({"mean": IMAGENET_MEAN_RGB, "std": IMAGENET_STD_RGB}))
+    np.savez(path, **record_arrays({"mean": IMAGENET_MEAN_RGB, "std": IMAGENET_STD_RGB}))
     assert variables.backbone_normalization(str(path)) == (
         tuple(IMAGENET_MEAN_RGB),
         tuple(IMAGENET_STD_RGB),

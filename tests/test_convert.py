@@ -210,7 +210,7 @@ def test_unknown_files_and_missing_keys_fail_clearly(tmp_path):
         backbone.vgg16_backbone({"foo.weight": np.zeros(3)})
     with pytest.raises(ValueError, match="unknown source"):
         detectors.import_detector("caffe", {})
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(common.MissingWeightsError, match="no weights file .*nothing.pth"):
         common.read_state_dict(str(tmp_path / "nothing.pth"))
 
 
@@ -286,7 +286,7 @@ def test_vgg16_reducedfc_is_caffe_style(tmp_path):
     converted, info = backbone.vgg16_backbone(weights)
     assert info["mean"] == (123.0, 117.0, 104.0) and info["std"] == (1.0, 1.0, 1.0)
     model = SSD("ssd300", 20, rngs=nnx.Rngs(0))
-    np.savez(tmp_path / "reduced.npz", **converted, **backbone.normalization_arrays(info))
+    np.savez(tmp_path / "reduced.npz", **converted, **backbone.record_arrays(info))
     checkpoint.load_backbone(model, str(tmp_path / "reduced.npz"))
     mean, std = checkpoint.backbone_normalization(str(tmp_path / "reduced.npz"))
     image = random_image(300, 4)

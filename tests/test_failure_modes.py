@@ -62,8 +62,9 @@ CONFIG_EDGES = [
     (
         "model.backbone",
         "vgg16",
-        "resnet50",
-        "('vgg16', 'mobilenet_v3_large', 'mobilenet_v3_large_reduced_tail')",
+        "resnet51",
+        "('vgg16', 'mobilenet_v3_large', 'mobilenet_v3_large_reduced_tail', 'resnet18', "
+        "'resnet34', 'resnet50', 'resnet101', 'resnet152')",
     ),
     (
         "model.architecture",
@@ -71,7 +72,7 @@ CONFIG_EDGES = [
         "ssd600",
         "('ssd300', 'ssd512', 'ssdlite320')",
     ),  # any backbone's
-    ("model.default_boxes", "ssd300_torchvision", "ssd300_paper", None),
+    ("model.default_boxes", "ssd512_pytorch_ssd", "ssd300_paper", None),
     ("model.dtype", "bfloat16", "float16", "'float32' or 'bfloat16'"),
     ("model.width", 1e-3, 0.0, "positive"),
     ("data.train.kind", "synthetic", "imagenet", "('voc', 'coco', 'yolo', 'tfds', 'synthetic')"),
@@ -93,6 +94,7 @@ CONFIG_EDGES = [
     ("loss.match_iou_threshold", 1.0, 0.0, "in (0, 1]"),
     ("loss.neg_pos_ratio", 1e-9, 0.0, "positive"),
     ("loss.alpha", 0.0, -1e-9, "0 or more"),
+    ("loss.normalization", "image", "images", "('batch', 'image')"),
     ("detection.score_threshold", 0.0, 1.0, "in [0, 1)"),
     ("detection.nms_iou_threshold", 1.0, 0.0, "in (0, 1]"),
     ("detection.top_k_per_class", 1, 0, "at least 1"),
@@ -122,13 +124,25 @@ def test_every_config_rule_holds_at_its_edge():
         return config
 
     config_schema.validate(with_values([(key, good) for key, good, _, _ in CONFIG_EDGES]))
-    presets = f"'' or one of {sorted(PRESETS)}"
+    presets = f"'' or one of {sorted(PRESETS)}"  # the architecture is wrong too
     for edges in ([(key, bad, what) for key, _, bad, what in CONFIG_EDGES], CONFIG_UPPER_EDGES):
         with pytest.raises(config_schema.ConfigError) as error:
             config_schema.validate(with_values([(key, bad) for key, bad, _ in edges]))
         assert str(error.value).splitlines() == ["the configuration cannot work:"] + [
             f"  {key} = {bad!r}: must be {what or presets}" for key, bad, what in edges
         ]
+
+
+def test_default_boxes_of_another_layout_are_refused_naming_those_that_fit():
+    config = tiny_config()
+    config.model.backbone, config.model.default_boxes = "resnet50", "ssdlite320"
+    with pytest.raises(config_schema.ConfigError) as error:
+        config_schema.validate(config)
+    assert str(error.value).splitlines()[1:] == [
+        "  model.default_boxes = 'ssdlite320': must be '' or a preset of the ssd300 layout: "
+        "ssd300, ssd300_nvidia, ssd300_pytorch_ssd, ssd300_ssd_pytorch, ssd300_ssd_pytorch_coco, "
+        "ssd300_torchvision"
+    ]
 
 
 def test_an_empty_eval_split_stops_before_training(tmp_path):
@@ -200,6 +214,10 @@ def test_a_resume_refuses_each_change_of_network_normalization_or_data_on_its_ow
     ]
     # the fixture predates the backbone key: it reads as VGG16, and another is refused
     assert differences(model__backbone="mobilenet") == ["backbone: 'vgg16' -> 'mobilenet'"]
+    # a backbone with BatchNorm in any case leaves model.batch_norm out
+    assert differences(model__backbone="resnet50", model__batch_norm=False) == [
+        "backbone: 'vgg16' -> 'resnet50'"
+    ]
     assert differences(model__architecture="ssd512") == [
         "architecture: 'ssd300' -> 'ssd512'",
         "default_boxes: 'ssd300' -> 'ssd512'",
@@ -681,3 +699,11 @@ def test_evaluation_leaves_an_unreadable_image_out_and_says_so(tmp_path):
     variables = jax.device_put(variables, parallel.replicated(mesh))
     result = make_evaluator(config, graphdef, mesh)(variables).metrics
     assert result["unreadable_images"] == 1 and 0 <= result["map"] <= 1
+
+
+def test_a_weights_file_given_as_checkpoint_points_to_convert(tmp_path):
+    weights = tmp_path / "nvidia_ssdpyt.pt"
+    weights.write_bytes(b"not a folder")
+    with pytest.raises(checkpoint.CheckpointError, match=r"is a file, not an ssd_jax checkpoint: "
+                       r"import a PyTorch detector with python -m ssd_jax.convert"):  # fmt: skip
+        checkpoint.locate(str(weights))

@@ -242,7 +242,7 @@ def test_imagenet_resnet50_feeds_the_trunk(tmp_path):
     converted, info = backbone.trunk_weights(state_dict(classifier))
     assert (info["backbone"], info["source"]) == ("resnet50", "torchvision resnet50")
     path = tmp_path / "resnet50.npz"
-    np.savez(path, **converted, **backbone.normalization_arrays(info))
+    np.savez(path, **converted, **backbone.record_arrays(info))
     images = np.random.default_rng(2).normal(size=(1, 300, 300, 3))
     with jax.enable_x64(True):
         model = SSD("ssd300", 3, backbone="resnet50", dtype=jnp.float64,
@@ -251,6 +251,15 @@ def test_imagenet_resnet50_feeds_the_trunk(tmp_path):
         model.eval()
         (got,) = (np.asarray(x) for x in model.trunk(jnp.asarray(images)))
     assert isinstance(model.trunk, ResNet)
+    for wrong, message in (
+        ({"backbone": "resnet18"}, r"holds resnet50 weights, the model is a resnet18: set "
+                                   r"--config.model.backbone=resnet50"),
+        ({"width": 0.5}, r"full-width weights, the model has width 0.5: set "
+                         r"--config.model.width=1.0"),
+    ):  # fmt: skip
+        other = SSD("ssd300", 3, **({"backbone": "resnet50"} | wrong), rngs=nnx.Rngs(0))
+        with pytest.raises(variables.CheckpointError, match=message):
+            variables.load_backbone(other, str(path))
     trunk = nvidia.resnet_trunk(classifier.double())
     with torch.no_grad():
         want = trunk(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
@@ -268,6 +277,9 @@ def test_a_file_given_to_the_wrong_importer_names_the_right_one(models):
     with pytest.raises(ConversionError, match=r"no torchvision ResNet has bottleneck blocks "
                                               r"\[3, 4, 5\] in stages 1-3"):  # fmt: skip
         detectors.import_detector("nvidia_ssd", fewer)
+    with pytest.raises(ConversionError, match="a trained detector, not ImageNet weights: "
+                                              "python -m ssd_jax.convert --from nvidia_ssd"):  # fmt: skip
+        backbone.trunk_weights(weights)
     classifier = state_dict(torchvision.models.resnet18(weights=None))
     with pytest.raises(ConversionError, match="convert them with convert_torch_backbone.py"):
         detectors.import_detector("nvidia_ssd", classifier)

@@ -147,7 +147,7 @@ def test_imagenet_mobilenet_v3_large_feeds_the_full_tail_trunk(tmp_path):
     converted, info = backbone.trunk_weights(state_dict(theirs))
     assert info["backbone"] == "mobilenet_v3_large" and info["source"].endswith("v3_large")
     path = tmp_path / "mobilenet.npz"
-    np.savez(path, **converted, **backbone.normalization_arrays(info))
+    np.savez(path, **converted, **backbone.record_arrays(info))
     images = np.random.default_rng(2).normal(size=(1, 320, 320, 3))
     with jax.enable_x64(True):  # both in float64: see the raw-output test
         model = SSD("ssdlite320", 3, backbone=info["backbone"], dtype=jnp.float64,

@@ -13,6 +13,7 @@ from etils import epath
 
 from ssd_jax import config_schema
 from ssd_jax.errors import UserError
+from ssd_jax.models.backbones import BACKBONES
 
 CHECKPOINTS = "checkpoints"  # the folder of a run directory
 STATE, META, DATA = "state", "meta", "data"  # the items of a step
@@ -81,6 +82,11 @@ def locate(path: str, step: int | None = None) -> Location:
             f"{path} does not exist: give a run's --workdir, its checkpoints/ folder or the "
             "--output folder of python -m ssd_jax.convert"
         )
+    if os.path.isfile(path):
+        raise CheckpointError(
+            f"{path} is a file, not an ssd_jax checkpoint: import a PyTorch detector with "
+            "python -m ssd_jax.convert --from NAME --input FILE --output DIR, then give DIR"
+        )
     raise CheckpointError(
         f"no checkpoint in {path}: looked for finished step folders (such as 5000/) in "
         f"{path} and in {os.path.join(path, CHECKPOINTS)}"
@@ -148,7 +154,10 @@ def resume_differences(saved: dict, meta: dict) -> list[str]:
     between the ``meta`` of a checkpoint and that of the run about to resume it
     (of a block such as ``config.data.train``, the keys the checkpoint has)."""
     differences = []
+    fixed = BACKBONES.get(meta.get("backbone"))
     for key in RESUME_KEYS:
+        if key == "config.model.batch_norm" and fixed is not None and fixed.always_batch_norm:
+            continue  # the backbone has BatchNorm either way
         before, now = _value(saved, key), _value(meta, key)
         if before is None:
             before = RECORDED_SINCE.get(key)

@@ -113,6 +113,7 @@ def write_detector(output_dir: str, variables: Variables, meta: dict) -> Locatio
 
 
 NORMALIZATION_KEYS = ("normalization/mean", "normalization/std")  # in a backbone .npz
+BACKBONE_KEY = "backbone/name"  # the backbone it fits, since 2026-12-07
 
 
 def _backbone_file(path: str) -> dict[str, np.ndarray]:
@@ -145,6 +146,13 @@ def load_backbone(model: nnx.Module, path: str) -> None:
     weights = _backbone_file(path)
     for key in NORMALIZATION_KEYS:
         weights.pop(key, None)
+    recorded = weights.pop(BACKBONE_KEY, None)  # converted ImageNet weights: full width
+    if recorded is not None and str(recorded) != model.backbone:
+        raise CheckpointError(f"{path} holds {recorded} weights, the model is a {model.backbone}: "
+                              f"set --config.model.backbone={recorded}")  # fmt: skip
+    if recorded is not None and model.width != 1.0:
+        raise CheckpointError(f"{path} holds full-width weights, the model has width "
+                              f"{model.width}: set --config.model.width=1.0")  # fmt: skip
     paths = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model.trunk)))
     path_of = {"/".join(map(str, path)): path for path in paths}  # list indices are ints
     trunk = {name: paths[path] for name, path in path_of.items()}

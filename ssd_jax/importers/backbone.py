@@ -85,8 +85,8 @@ def vgg16_backbone(weights: Weights) -> tuple[Weights, dict]:
                      "batch_norm": False, "mean": CAFFE_MEAN_RGB, "std": CAFFE_STD_RGB}  # fmt: skip
     raise ConversionError(
         "not an ImageNet VGG16, MobileNetV3-Large or ResNet state dict: expected torchvision keys "
-        "(features.N..., classifier.N...) or vgg16_reducedfc keys (0.weight ... 33.weight); got "
-        f"e.g. {sorted(weights)[:5]} (a trained detector imports with python -m ssd_jax.convert)"
+        "(VGG16, MobileNetV3: features.N..., classifier.N...; ResNet: conv1, bn1, layerN...) "
+        f"or vgg16_reducedfc keys (0.weight ... 33.weight); got e.g. {sorted(weights)[:5]}"
     )
 
 
@@ -117,6 +117,14 @@ def resnet_backbone(weights: Weights) -> tuple[Weights, dict]:
 def trunk_weights(weights: Weights) -> tuple[Weights, dict]:
     """Trunk weights and ``info = {"source", "backbone", "batch_norm", "mean",
     "std"}`` of any ImageNet model this module reads."""
+    from ssd_jax.importers.detectors import SIGNATURES  # which imports this module
+
+    for kind, (key, what) in SIGNATURES.items():
+        if key in weights:
+            raise ConversionError(
+                f"this is {what}, a trained detector, not ImageNet weights: "
+                f"python -m ssd_jax.convert --from {kind} imports it"
+            )
     if mobilenet.is_mobilenet_v3_large(weights):
         return mobilenet_v3_large_backbone(weights)
     if resnet.is_resnet(weights):
@@ -124,10 +132,15 @@ def trunk_weights(weights: Weights) -> tuple[Weights, dict]:
     return vgg16_backbone(weights)
 
 
-def normalization_arrays(info: dict) -> Weights:
-    """The ``normalization/mean`` and ``normalization/std`` entries (0-255 RGB) that
-    record, inside a backbone ``.npz``, the input normalization its weights expect."""
-    return {
+def record_arrays(info: dict) -> Weights:
+    """The entries that record, inside a backbone ``.npz``, the input normalization
+    its weights expect (``normalization/mean``, ``normalization/std``, 0-255 RGB)
+    and, when ``info`` names it, the backbone they fit (``backbone/name``, a
+    string array)."""
+    record = {
         "normalization/mean": np.asarray(info["mean"], np.float32),
         "normalization/std": np.asarray(info["std"], np.float32),
     }
+    if "backbone" in info:
+        record["backbone/name"] = np.asarray(info["backbone"])
+    return record

@@ -15,13 +15,17 @@ class ConversionError(UserError, ValueError):
     """A weights file does not hold what the chosen converter expects."""
 
 
+class MissingWeightsError(UserError, FileNotFoundError):
+    """The weights file to convert is not there."""
+
+
 def read_state_dict(path: str) -> Weights:
     """A PyTorch state dict (``.pth``/``.pt``, needs torch), ``.safetensors`` or
     ``.npz`` file as float32/int NumPy arrays. A checkpoint wrapping the weights
     in ``"state_dict"`` or ``"model"`` is unwrapped; DataParallel's ``module.``
     prefixes are removed."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no weights file {path}")
+        raise MissingWeightsError(f"no weights file {path}: check --input")
     if path.endswith(".npz"):
         weights = dict(np.load(path))
     elif path.endswith(".safetensors"):

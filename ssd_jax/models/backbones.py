@@ -72,7 +72,9 @@ class Backbone:
     it, the specification of its extra layers for each architecture it serves (the
     architecture's name is its default-box preset's), ``build_extras(spec,
     in_features, width, **kwargs) -> stages`` and ``head(in_features,
-    out_features, **kwargs)``, the module of each loc and conf head."""
+    out_features, **kwargs)``, the module of each loc and conf head;
+    ``always_batch_norm`` when trunk and extras have BatchNorm whatever
+    ``batch_norm`` says (a resume then ignores that key)."""
 
     what: str
     attribute: str
@@ -80,6 +82,7 @@ class Backbone:
     extras: dict[str, tuple]
     build_extras: Callable[..., list[Stage]] = vgg_extras
     head: Callable[..., nnx.Module] = conv3x3_head
+    always_batch_norm: bool = False  # BatchNorm whatever ``model.batch_norm`` says
 
 
 BACKBONES: dict[str, Backbone] = {
@@ -122,6 +125,7 @@ for _name, _reduced, _what in (
         {"ssdlite320": (512, 256, 256, 128)},
         ssdlite_extras,
         PredictionBlock,
+        always_batch_norm=True,
     )
 
 
@@ -135,6 +139,7 @@ for _depth in DEPTHS:
         functools.partial(ResNet, depth=_depth),
         {"ssd300": (512, 512, 256, 256, 128 if _depth == 18 else 256)},
         resnet_extras,
+        always_batch_norm=True,
     )
 
 

@@ -68,6 +68,7 @@ class SSD(nnx.Module):
         self.architecture, self.backbone = architecture, backbone
         self.image_size = preset(architecture).image_size
         self.num_classes = num_classes
+        self.width = width
 
         kwargs = dict(batch_norm=batch_norm, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.trunk_attribute = trunk.attribute
