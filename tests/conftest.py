@@ -33,6 +33,7 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 # onnx extra). CI runs both suites: .ci/run.
 FLOOR_STACK_TESTS = [
     "test_convert.py",
+    "test_nvidia_ssd.py",
     "test_onnx.py",
     "test_reference_training.py",
     "test_ssdlite.py",
