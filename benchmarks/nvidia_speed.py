@@ -77,8 +77,7 @@ def detector_row(torch, nvidia, theirs, config, batch_size: int) -> dict:
     detect, compile_s = compile_seconds(
         steps.make_detect_step(graphdef, settings), variables, device_images
     )
-    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-    normalized = torch.from_numpy(((images / 255 - mean) / std).transpose(0, 3, 1, 2)).float()
+    normalized = nvidia.network_input(images).float()
     dboxes = nvidia.default_boxes_xywh().float()
     theirs.eval()
 
@@ -117,9 +116,7 @@ def train_row(torch, nvidia, theirs, config) -> dict:
     host_batch = synthetic_batch(batch_size, IMAGE_SIZE, config.data.max_boxes)
     batch = jax.device_put(host_batch)
     ours, compile_s = our_train_call(config, NUM_CLASSES, batch, LEARNING_RATE, WEIGHT_DECAY)
-    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-    images = host_batch["image"] / 255
-    inputs = torch.from_numpy(((images - mean) / std).transpose(0, 3, 1, 2)).float()
+    inputs = nvidia.network_input(host_batch["image"]).float()
     dboxes = nvidia.default_boxes_xywh()
     targets = [
         nvidia.encode(torch.from_numpy(b[m]).double(), torch.from_numpy(k[m]).long(), dboxes)

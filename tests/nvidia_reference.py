@@ -81,6 +81,15 @@ class SSD300(nn.Module):
         }
 
 
+def network_input(images) -> torch.Tensor:
+    """uint8 (N, H, W, 3) NumPy images -> NVIDIA's input: ImageNet-normalized
+    (N, 3, H, W) float64."""
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64)
+    std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64)
+    x = (torch.from_numpy(images).double() / 255 - mean) / std
+    return x.permute(0, 3, 1, 2).contiguous()
+
+
 def default_boxes_xywh() -> torch.Tensor:
     """(8732, 4) float64 cxcywh in NVIDIA's order: map, size slot, row, column."""
     steps, scales = (8, 16, 32, 64, 100, 300), (21, 45, 99, 153, 207, 261, 315)

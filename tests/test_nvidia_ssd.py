@@ -52,12 +52,6 @@ def imported(theirs: nvidia.SSD300):
     return ours, config
 
 
-def normalized(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, H, W, 3) -> NVIDIA's input: ImageNet-normalized (N, 3, H, W) float64."""
-    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-    return ((images / 255 - mean) / std).transpose(0, 3, 1, 2)
-
-
 def reference(depth: str) -> nvidia.SSD300:
     """NVIDIA's COCO model (81 logits) with random weights and fitted BatchNorm;
     the confidence heads scaled to logits of standard deviation 1 on noise
@@ -65,9 +59,7 @@ def reference(depth: str) -> nvidia.SSD300:
     saturated (tied) probabilities."""
     torch.manual_seed(0)
     theirs = nvidia.SSD300(depth)
-    noise = torch.from_numpy(
-        normalized(np.random.default_rng(9).integers(0, 256, (4, 300, 300, 3)))
-    )
+    noise = nvidia.network_input(np.random.default_rng(9).integers(0, 256, (4, 300, 300, 3)))
     randomize_batch_norm(theirs, lambda _: theirs(noise.float()))
     with torch.no_grad():
         _, conf = theirs(noise.float())
@@ -155,7 +147,7 @@ def test_a_converted_checkpoint_finds_nvidias_detections(models, tmp_path):
     detectors.convert_detector("nvidia_ssd", str(path), str(tmp_path / "run"))
     detector = load_detector(str(tmp_path / "run"))
     images = np.random.default_rng(1).integers(0, 256, (2, 300, 300, 3), dtype=np.uint8)
-    inputs = torch.from_numpy(normalized(images)).float()
+    inputs = nvidia.network_input(images).float()
     with torch.no_grad():
         loc, conf = theirs(inputs)
     found = detector.detect_resized(images)

@@ -12,9 +12,10 @@ mean (123, 117, 104), std 1, recorded with the weights.
 
 import numpy as np
 
+from ssd_jax.checkpoint.variables import BACKBONE_KEY, NORMALIZATION_KEYS
 from ssd_jax.data.imagenet import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from ssd_jax.importers import mobilenet, resnet
-from ssd_jax.importers.common import ConversionError, Weights, batch_norm, conv, take
+from ssd_jax.importers.common import SIGNATURES, ConversionError, Weights, batch_norm, conv, take
 
 VGG_CONVS = (
     "conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
@@ -117,8 +118,6 @@ def resnet_backbone(weights: Weights) -> tuple[Weights, dict]:
 def trunk_weights(weights: Weights) -> tuple[Weights, dict]:
     """Trunk weights and ``info = {"source", "backbone", "batch_norm", "mean",
     "std"}`` of any ImageNet model this module reads."""
-    from ssd_jax.importers.detectors import SIGNATURES  # which imports this module
-
     for kind, (key, what) in SIGNATURES.items():
         if key in weights:
             raise ConversionError(
@@ -137,10 +136,11 @@ def record_arrays(info: dict) -> Weights:
     its weights expect (``normalization/mean``, ``normalization/std``, 0-255 RGB)
     and, when ``info`` names it, the backbone they fit (``backbone/name``, a
     string array)."""
+    mean_key, std_key = NORMALIZATION_KEYS
     record = {
-        "normalization/mean": np.asarray(info["mean"], np.float32),
-        "normalization/std": np.asarray(info["std"], np.float32),
+        mean_key: np.asarray(info["mean"], np.float32),
+        std_key: np.asarray(info["std"], np.float32),
     }
     if "backbone" in info:
-        record["backbone/name"] = np.asarray(info["backbone"])
+        record[BACKBONE_KEY] = np.asarray(info["backbone"])
     return record

@@ -10,6 +10,18 @@ from ssd_jax.errors import UserError
 
 Weights = dict[str, np.ndarray]
 
+# A key that only the state dicts of each importer's detector
+# (ssd_jax.importers.detectors.IMPORTERS) hold, and the
+# detector's name: a file given to another importer is refused naming its own.
+SIGNATURES: dict[str, tuple[str, str]] = {
+    "pytorch_ssd": ("addon_layers.addon_1.scales", "jjjkkkjjj/pytorch_SSD's SSD"),
+    "ssd.pytorch": ("L2Norm.weight", "amdegroot/ssd.pytorch's SSD300"),
+    "torchvision": ("backbone.scale_weight", "torchvision's ssd300_vgg16"),
+    "torchvision_ssdlite": ("backbone.extra.0.0.0.weight",
+                            "torchvision's SSDlite (ssdlite320_mobilenet_v3_large)"),
+    "nvidia_ssd": ("additional_blocks.0.0.weight", "NVIDIA's SSD300 v1.1"),
+}  # fmt: skip
+
 
 class ConversionError(UserError, ValueError):
     """A weights file does not hold what the chosen converter expects."""

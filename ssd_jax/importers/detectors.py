@@ -24,6 +24,7 @@ from ssd_jax.importers.backbone import (
     bgr_to_rgb_input,
 )
 from ssd_jax.importers.common import (
+    SIGNATURES,
     ConversionError,
     Weights,
     batch_norm,
@@ -281,17 +282,6 @@ IMPORTERS: dict[str, Callable[[Weights], tuple[Weights, dict]]] = {
     "torchvision_ssdlite": from_torchvision_ssdlite,
     "nvidia_ssd": from_nvidia_ssd,
 }
-
-# A key that only the state dicts of each importer's detector hold, and the
-# detector's name: a file given to another importer is refused naming its own.
-SIGNATURES: dict[str, tuple[str, str]] = {
-    "pytorch_ssd": ("addon_layers.addon_1.scales", "jjjkkkjjj/pytorch_SSD's SSD"),
-    "ssd.pytorch": ("L2Norm.weight", "amdegroot/ssd.pytorch's SSD300"),
-    "torchvision": ("backbone.scale_weight", "torchvision's ssd300_vgg16"),
-    "torchvision_ssdlite": ("backbone.extra.0.0.0.weight",
-                            "torchvision's SSDlite (ssdlite320_mobilenet_v3_large)"),
-    "nvidia_ssd": ("additional_blocks.0.0.weight", "NVIDIA's SSD300 v1.1"),
-}  # fmt: skip
 
 
 def import_detector(kind: str, weights: Weights) -> tuple[Weights, dict]:
