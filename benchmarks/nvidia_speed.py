@@ -35,13 +35,14 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks.common import write_report
-from benchmarks.ssdlite_speed import (
+from benchmarks.train_step import synthetic_batch
+from benchmarks.versus import (
     compile_seconds,
+    define_timing_flags,
     median_seconds,
     our_train_call,
     timing_settings,
 )
-from benchmarks.train_step import synthetic_batch
 from ssd_jax import build, steps
 from ssd_jax.config_schema import base_config, data_config, validate
 
@@ -207,9 +208,6 @@ if __name__ == "__main__":
     flags.DEFINE_list("batch_sizes", ["8"], "Batch sizes of the detector timing.")
     flags.DEFINE_integer("train_batch_size", 8, "Batch size of the train step timing.")
     flags.DEFINE_list("parts", ["detector", "train"], "detector, train.")
-    flags.DEFINE_integer("repeats", 3, "Timed rounds per measurement (median reported).")
-    flags.DEFINE_integer("iterations", 2, "Back-to-back calls of each contender per round.")
-    flags.DEFINE_integer("warmup", 1, "Untimed calls of each contender before the rounds.")
-    flags.DEFINE_bool("interleave", True, "Rounds of all contenders in turn (else one by one).")
+    define_timing_flags(repeats=3, iterations=2, warmup=1)
     flags.DEFINE_string("output", "/tmp/nvidia_speed.json", "Where to write the JSON report.")
     app.run(main)
